@@ -1,0 +1,135 @@
+"""Checkpoints: complete, atomic, and loaded without executing code.
+
+* :func:`save_checkpoint` writes to a temporary file in the same folder, fsyncs, then ``os.replace`` s it
+  over the old one, so a kill at any moment leaves either the previous or the new checkpoint, never half.
+* :func:`load_checkpoint` uses ``torch.load(weights_only=True)``; the only non-tensor class allowed is the
+  ``argparse.Namespace`` that official MAE checkpoints pickle as ``args``.
+* :func:`load_mae_weights` loads our MAE/i-MAE checkpoints or an official facebookresearch/mae one into an
+  MAE strictly, with errors naming the missing, unexpected or mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "imae-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory holding ``checkpoint.pt``."""
+    p = Path(path)
+    return p / CHECKPOINT_NAME if p.is_dir() else p
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint file (or ``<run dir>/checkpoint.pt``) safely; clear errors for every failure."""
+    p = checkpoint_path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {p}. Fix: pass the checkpoint file or the run directory that "
+                              f"holds {CHECKPOINT_NAME} (train one with `python -m imae pretrain`)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{p} contains Python objects other than tensors and plain values ({msg[:200]}); imae never "
+                f"executes code from a checkpoint. Fix: re-save only its state_dict, or use a trusted copy") from e
+        raise CheckpointError(f"{p} is corrupted ({msg[:200]}). Fix: delete it and retrain or restore a copy") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{p} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            f"Fix: delete it and retrain, or restore an intact copy") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def is_imae_checkpoint(ckpt: dict) -> bool:
+    return ckpt.get("format") == FORMAT
+
+
+def mae_state_dict(ckpt: dict) -> dict:
+    """The MAE part of any supported checkpoint: ours (MAE or i-MAE student) or an official one."""
+    if is_imae_checkpoint(ckpt):
+        sd = ckpt["model"]
+        if ckpt["config"]["train"]["method"] == "imae":
+            sd = {k[len("mae."):]: v for k, v in sd.items() if k.startswith("mae.")}
+        return sd
+    if "model" in ckpt and isinstance(ckpt["model"], dict):
+        return ckpt["model"]  # facebookresearch/mae: {'model': ..., 'optimizer': ..., 'args': Namespace}
+    if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt  # a bare state_dict
+    raise CheckpointError(f"unrecognised checkpoint layout (top-level keys {sorted(ckpt)[:10]})")
+
+
+def load_mae_weights(model: torch.nn.Module, state: dict, *, source: str = "checkpoint",
+                     allow_missing: tuple[str, ...] = ()) -> None:
+    """Load an MAE state_dict strictly, naming what does not fit.
+
+    Args:
+        model: a :class:`~imae.models.MaskedAutoencoderViT`.
+        state: its state_dict (see :func:`mae_state_dict`).
+        source: a path or description for the error message.
+        allow_missing: key prefixes that may be absent (e.g. ``("decoder", "mask_token")`` for encoder-only
+            checkpoints such as ``mae_pretrain_vit_base.pth``); everything else must be present.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    hard_missing = [k for k in missing if not k.startswith(allow_missing)]
+    if hard_missing:
+        hint = ""
+        if all(k.startswith(("decoder", "mask_token")) for k in hard_missing):
+            hint = (" It looks like an encoder-only checkpoint (such as mae_pretrain_vit_base.pth); "
+                    "MAE/i-MAE training needs the decoder too: use the *_full.pth checkpoint.")
+        raise CheckpointError(f"{source} is missing {len(hard_missing)} key(s) the model needs: "
+                              f"{_short(hard_missing)}.{hint}")
+    if unexpected:
+        raise CheckpointError(f"{source} has {len(unexpected)} key(s) this MAE does not: {_short(unexpected)}. "
+                              "Fix: check the checkpoint is an MAE of this layout")
+    bad = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+           if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{source} does not match the model's architecture: {_short(bad)}. "
+                              "Fix: build the model with the same preset/ModelConfig as the checkpoint")
+    result = model.load_state_dict(state, strict=not allow_missing)
+    assert all(k.startswith(allow_missing) for k in getattr(result, "missing_keys", []))
+
+
+def _short(items: list[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")

@@ -1,0 +1,128 @@
+"""``python -m imae pretrain | evaluate | reproduce | make-toy-data``.
+
+User errors (:class:`~imae.errors.ImaeError`) print one ``error: ...`` line and exit 2, without a traceback;
+an interrupted run exits 128 + the signal number after writing its checkpoint; a non-finite loss exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ImaeError, NonFiniteLossError, TrainingInterrupted
+
+
+def _set_pairs(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ImaeError(f"--set expects KEY=VALUE (e.g. --set train.warmup_epochs=1), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="tiny | cifar | tinyimagenet | imagenet")
+    p.add_argument("--dataset", help="cifar10 | cifar10-mini | cifar100 | tinyimagenet | imagenet")
+    p.add_argument("--data-root", help="folder holding the dataset folders (default $IMAE_DATA or ./data)")
+    p.add_argument("--subset-per-class", type=int, help="first N images of every class")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--accum-iter", type=int)
+    p.add_argument("--blr", type=float, help="base learning rate (lr = blr * eff_batch / 256)")
+    p.add_argument("--mask-ratio", type=float)
+    p.add_argument("--same-prob", type=float, help="P(partner from the same class), i-MAE")
+    p.add_argument("--teacher-input", choices=["clean", "mixed"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"])
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--nonfinite", choices=["stop", "restart-fp32"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. imae.alpha=0.3")
+
+
+_ARG_KEYS = {"dataset": "data.dataset", "data_root": "data.root", "subset_per_class": "data.subset_per_class",
+             "epochs": "train.epochs", "batch_size": "train.batch_size", "accum_iter": "train.accum_iter",
+             "blr": "train.blr", "mask_ratio": "train.mask_ratio", "same_prob": "data.same_prob",
+             "teacher_input": "imae.teacher_input", "seed": "train.seed", "device": "train.device",
+             "amp": "train.amp", "compile": "train.compile", "nonfinite": "train.nonfinite"}
+
+
+def config_from_args(args, method: str):
+    from .config import build_config
+
+    overrides = {key: getattr(args, a) for a, key in _ARG_KEYS.items() if getattr(args, a, None) is not None}
+    if getattr(args, "teacher", None):
+        overrides["imae.teacher"] = args.teacher
+    overrides.update(_set_pairs(args.set))
+    return build_config(args.preset, method=method, **overrides)
+
+
+def cmd_pretrain(args) -> int:
+    from .train import pretrain
+
+    cfg = config_from_args(args, args.method)
+    run_dir = pretrain(cfg, args.out, resume=not args.no_resume, overwrite=args.overwrite,
+                       progress=not args.quiet)
+    print(run_dir)
+    return 0
+
+
+def cmd_make_toy_data(args) -> int:
+    from .data.toy import write_toy_cifar
+
+    folder = write_toy_cifar(args.root, per_class_train=args.train_per_class, per_class_test=args.test_per_class,
+                             seed=args.seed)
+    print(folder)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m imae", description="i-MAE reproduction toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train an MAE (the teacher/baseline) or an i-MAE")
+    p.add_argument("--method", required=True, choices=["mae", "imae"])
+    p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoint.pt)")
+    p.add_argument("--teacher", help="i-MAE: trained MAE run directory or checkpoint")
+    _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a run directory of another config")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--resume", action="store_true", help="(default) continue from the run's checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("make-toy-data", help="write a small synthetic CIFAR-10-layout dataset (tests, CI)")
+    p.add_argument("root", help="data root; writes ROOT/cifar-10-batches-py")
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--test-per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_toy_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except ImaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""One typed configuration, built in one place.
+
+A run is described by a :class:`RunConfig` (model, data, i-MAE and training sections). Configs come from a
+named preset plus overrides: ``build_config("tiny", method="imae", epochs=5, same_prob=0.5)``. Overrides may
+use a bare field name when it is unique across sections (``epochs``) or a dotted one (``train.epochs``).
+Every value is type- and range-checked here, so a hand-typed papermill parameter such as ``-p epochs ten``
+fails with a message naming the parameter and the fix instead of deep inside training.
+
+Derived values (the learning rate from ``blr``) are computed once by :func:`derived` and logged with the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+METHODS = ("mae", "imae")
+
+
+@dataclass
+class ModelConfig:
+    """MAE ViT architecture (the i-MAE student and its teacher share it)."""
+
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 96
+    depth: int = 4
+    num_heads: int = 3
+    decoder_embed_dim: int = 64
+    decoder_depth: int = 2
+    decoder_num_heads: int = 2
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = False  # the released i-MAE code has it off (the flag sits in a docstring)
+
+
+@dataclass
+class DataConfig:
+    """Which images, how they are paired and augmented."""
+
+    dataset: str = "cifar10"
+    root: Optional[str] = None  # None: $IMAE_DATA, else ./data
+    subset_per_class: Optional[int] = None  # first N images of each class (CPU runs)
+    same_prob: float = 1.0  # P(partner image from the same class); the released code hard-codes 1.0
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    loader: str = "auto"  # tensor (in memory, batched augmentation on the device) | pil (DataLoader) | auto
+    num_workers: int = 4  # pil loader only
+    download: bool = True  # try torchvision's download when the data root lacks the dataset
+
+
+@dataclass
+class IMAEConfig:
+    """i-MAE specifics; ignored by ``method="mae"``."""
+
+    teacher: Optional[str] = None  # path to a trained MAE checkpoint (or its run directory)
+    init: str = "teacher"  # teacher: start the student from the teacher's weights | random
+    teacher_input: str = "clean"  # clean: teacher sees x_sub and x_dom | mixed: released code's x_mix twice
+    alpha_mode: str = "random"  # random: lambda ~ U(0,1) per batch | fixed | range
+    alpha: float = 0.3  # subordinate weight for alpha_mode=fixed
+    alpha_range: tuple[float, float] = (0.0, 0.5)  # for alpha_mode=range
+    w_rec_sub: float = 1.0
+    w_rec_dom: float = 1.0
+    w_distill_sub: float = 1.0
+    w_distill_dom: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and engine settings."""
+
+    method: str = "mae"
+    epochs: int = 30
+    batch_size: int = 128  # global batch per micro-step (all processes together)
+    accum_iter: int = 1
+    blr: float = 1.5e-3  # base lr; lr = blr * batch_size * accum_iter / 256
+    min_lr: float = 0.0
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    mask_ratio: float = 0.75
+    seed: int = 0
+    amp: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU | bf16 | off
+    compile: bool = False
+    batched: bool = True  # one decoder/teacher call for both branches (False: the released code's layout)
+    device: str = "auto"
+    log_every: int = 0  # steps; 0: every step on CPU, every 25 on CUDA
+    ckpt_every: int = 0  # steps; 0: at the end of every epoch
+    nonfinite: str = "stop"  # stop | restart-fp32 (reload the last good checkpoint, continue without AMP)
+
+
+@dataclass
+class RunConfig:
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    imae: IMAEConfig = field(default_factory=IMAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def method(self) -> str:
+        return self.train.method
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, plain types only
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected {_SECTION_NAMES}")
+        kw = {"preset": d.get("preset", "tiny")}
+        for name, sec_cls in _SECTIONS.items():
+            sec = dict(d.get(name, {}))
+            bad = set(sec) - {f.name for f in dataclasses.fields(sec_cls)}
+            if bad:
+                raise ConfigError(f"unknown field(s) {sorted(bad)} in config section '{name}'")
+            kw[name] = sec_cls(**{k: _coerce(f"{name}.{k}", v, _hints(sec_cls)[k]) for k, v in sec.items()})
+        cfg = cls(**kw)
+        validate(cfg)
+        return cfg
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "imae": IMAEConfig, "train": TrainConfig}
+_SECTION_NAMES = ["preset", *_SECTIONS]
+
+# Fields that change how a run executes but not what it computes: excluded from the fingerprint.
+_OPERATIONAL = {
+    "data.root", "data.num_workers", "data.download", "data.loader", "train.device", "train.log_every",
+    "train.ckpt_every", "train.compile", "train.nonfinite", "train.amp", "train.batched",
+}
+
+
+# ----------------------------------------------------------------------------------------------- presets
+def _vit(embed, depth, heads, dec, dec_depth, dec_heads, img, patch):
+    return dict(img_size=img, patch_size=patch, embed_dim=embed, depth=depth, num_heads=heads,
+                decoder_embed_dim=dec, decoder_depth=dec_depth, decoder_num_heads=dec_heads)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Runs the whole pipeline on 2 CPU cores in minutes (CIFAR-10, first 100 images per class).
+    "tiny": dict(
+        model=_vit(96, 4, 3, 64, 2, 2, img=32, patch=4),
+        data=dict(dataset="cifar10", subset_per_class=100),
+        train=dict(epochs=30, batch_size=128, blr=1.5e-3, warmup_epochs=2),
+        train_imae=dict(epochs=20),
+    ),
+    # CIFAR (not given by the paper's code; our decision): ViT-Tiny, patch 2, decoder 128-d x 4.
+    "cifar": dict(
+        model=_vit(192, 12, 3, 128, 4, 4, img=32, patch=2),
+        data=dict(dataset="cifar10"),
+        train=dict(epochs=100, batch_size=1024, blr=1.5e-4, warmup_epochs=5),
+        train_imae=dict(blr=1e-4),
+    ),
+    # Tiny-ImageNet as in the released code: ViT-S/8 at 64 px, decoder 192-d x 6.
+    "tinyimagenet": dict(
+        model=_vit(384, 12, 6, 192, 6, 6, img=64, patch=8),
+        data=dict(dataset="tinyimagenet"),
+        train=dict(epochs=100, batch_size=256, blr=1.5e-4, warmup_epochs=5),
+        train_imae=dict(blr=1e-4),
+    ),
+    # ImageNet as in the released code: ViT-B/16, decoder 512-d x 8; i-MAE 50 epochs, warmup 5, batch 256.
+    "imagenet": dict(
+        model=_vit(768, 12, 12, 512, 8, 16, img=224, patch=16),
+        data=dict(dataset="imagenet", loader="pil", num_workers=10),
+        train=dict(epochs=400, batch_size=256, accum_iter=16, blr=1.5e-4, warmup_epochs=40),
+        train_imae=dict(epochs=50, accum_iter=1, blr=1e-4, warmup_epochs=5),
+    ),
+}
+
+
+def build_config(preset: str = "tiny", method: str = "mae", **overrides: Any) -> RunConfig:
+    """Preset + method + overrides -> a validated :class:`RunConfig`.
+
+    Args:
+        preset: one of ``PRESETS`` (tiny, cifar, tinyimagenet, imagenet).
+        method: ``mae`` or ``imae``.
+        **overrides: ``field=value`` (unique field name) or ``{"section.field": value}``; ``None`` values
+            are ignored so notebook parameters can default to "preset's choice".
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    p = PRESETS[preset]
+    d = {"preset": preset, "model": dict(p.get("model", {})), "data": dict(p.get("data", {})),
+         "imae": dict(p.get("imae", {})), "train": {**p.get("train", {}), **p.get(f"train_{method}", {})}}
+    d["train"]["method"] = method
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        sec, name = _resolve_key(key)
+        d[sec][name] = value
+    return RunConfig.from_dict(d)
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    if "." in key:
+        sec, name = key.split(".", 1)
+        if sec in _SECTIONS and name in _field_names(_SECTIONS[sec]):
+            return sec, name
+    else:
+        owners = [s for s, c in _SECTIONS.items() if key in _field_names(c)]
+        if len(owners) == 1:
+            return owners[0], key
+        if len(owners) > 1:
+            raise ConfigError(f"parameter {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}")
+    known = [n for c in _SECTIONS.values() for n in _field_names(c)]
+    known += [f"{s}.{n}" for s, c in _SECTIONS.items() for n in _field_names(c)]
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown config parameter {key!r}.{hint}")
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+# ------------------------------------------------------------------------------------------ type checks
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return f"{_type_name(args[0])} or None"
+    if origin is tuple:
+        return "a pair of numbers, e.g. [0.2, 1.0]"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(name: str, value: Any, hint) -> Any:
+    """Check ``value`` against ``hint``; return it in canonical form or raise a ConfigError with the fix."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _coerce(name, value, inner)
+    ok = False
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        value = tuple(float(v) for v in value) if ok else value
+    if not ok:
+        short = name.split(".")[-1]
+        example = {int: "10", float: "0.5", bool: "True", str: "name"}.get(hint, "[0.2, 1.0]")
+        raise ConfigError(
+            f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}). "
+            f"Fix: pass e.g. `-p {short} {example}` to papermill or `{short}={example}` in Python."
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- ranges
+def validate(cfg: RunConfig) -> None:
+    """Range and consistency checks; raises ConfigError naming the value and the fix."""
+    m, d, i, t = cfg.model, cfg.data, cfg.imae, cfg.train
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    from .data.datasets import DATASETS  # late: data imports config for nothing, but keep it acyclic
+
+    need(t.method in METHODS, f"train.method={t.method!r} is unknown; choose one of {list(METHODS)}")
+    need(d.dataset in DATASETS, f"data.dataset={d.dataset!r} is unknown; choose one of {sorted(DATASETS)}")
+    need(m.img_size > 0 and m.patch_size > 0, "model.img_size and model.patch_size must be positive")
+    need(m.img_size % m.patch_size == 0,
+         f"model.img_size={m.img_size} is not divisible by model.patch_size={m.patch_size}; "
+         f"pick a patch size that divides it (e.g. {[p for p in (2, 4, 8, 16) if m.img_size % p == 0]})")
+    need(m.embed_dim % m.num_heads == 0,
+         f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}")
+    need(m.decoder_embed_dim % m.decoder_num_heads == 0,
+         f"model.decoder_embed_dim={m.decoder_embed_dim} is not divisible by "
+         f"model.decoder_num_heads={m.decoder_num_heads}")
+    need(0.0 < t.mask_ratio < 1.0, f"mask_ratio={t.mask_ratio} must lie strictly between 0 and 1 (e.g. 0.75)")
+    n_patches = (m.img_size // m.patch_size) ** 2
+    need(int(n_patches * (1 - t.mask_ratio)) >= 1,
+         f"mask_ratio={t.mask_ratio} leaves no visible patch out of {n_patches}; lower it")
+    need(0.0 <= d.same_prob <= 1.0, f"same_prob={d.same_prob} must lie in [0, 1] (1: same-class pairs)")
+    lo, hi = d.crop_scale
+    need(0.0 < lo <= hi <= 1.0, f"data.crop_scale={list(d.crop_scale)} must satisfy 0 < lo <= hi <= 1")
+    need(d.subset_per_class is None or d.subset_per_class >= 1,
+         f"data.subset_per_class={d.subset_per_class} must be a positive number of images or None")
+    need(d.loader in ("auto", "tensor", "pil"), f"data.loader={d.loader!r}; choose auto, tensor or pil")
+    need(i.alpha_mode in ("random", "fixed", "range"),
+         f"alpha_mode={i.alpha_mode!r} is unknown; choose random, fixed or range")
+    need(0.0 < i.alpha <= 0.5, f"alpha={i.alpha} must lie in (0, 0.5]: it is the SUBORDINATE image's weight")
+    alo, ahi = i.alpha_range
+    need(0.0 <= alo < ahi <= 0.5, f"alpha_range={list(i.alpha_range)} must satisfy 0 <= lo < hi <= 0.5")
+    need(i.teacher_input in ("clean", "mixed"), f"teacher_input={i.teacher_input!r}; choose clean or mixed")
+    need(i.init in ("teacher", "random"), f"imae.init={i.init!r}; choose teacher or random")
+    for w in ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom"):
+        need(getattr(i, w) >= 0, f"imae.{w}={getattr(i, w)} must be >= 0")
+    need(t.epochs >= 1, f"epochs={t.epochs} must be >= 1")
+    need(t.batch_size >= 1, f"batch_size={t.batch_size} must be >= 1")
+    need(t.accum_iter >= 1, f"accum_iter={t.accum_iter} must be >= 1")
+    need(t.blr > 0, f"blr={t.blr} must be > 0")
+    need(t.warmup_epochs >= 0, f"warmup_epochs={t.warmup_epochs} must be >= 0")
+    need(t.amp in ("auto", "bf16", "off"), f"amp={t.amp!r}; choose auto, bf16 or off")
+    need(t.nonfinite in ("stop", "restart-fp32"), f"nonfinite={t.nonfinite!r}; choose stop or restart-fp32")
+    need(t.log_every >= 0 and t.ckpt_every >= 0, "log_every and ckpt_every must be >= 0")
+    if t.method == "imae":
+        uses_teacher = i.init == "teacher" or i.w_distill_sub > 0 or i.w_distill_dom > 0
+        need(not uses_teacher or bool(i.teacher),
+             "method=imae needs a trained MAE as teacher: pass --teacher RUN_DIR_OR_CHECKPOINT "
+             "(or teacher=... in Python); train one first with `python -m imae pretrain --method mae`")
+
+
+def derived(cfg: RunConfig, world_size: int = 1) -> dict:
+    """Values computed from the config once, logged with the run."""
+    eff = cfg.train.batch_size * cfg.train.accum_iter
+    return {"eff_batch_size": eff, "lr": cfg.train.blr * eff / 256, "world_size": world_size,
+            "num_patches": (cfg.model.img_size // cfg.model.patch_size) ** 2}
+
+
+def fingerprint(cfg: RunConfig, teacher_fingerprint: str | None = None) -> str:
+    """A short hash of everything that changes what a run computes (not where or how fast)."""
+    d = cfg.to_dict()
+    for key in _OPERATIONAL:
+        sec, name = key.split(".")
+        d[sec].pop(name, None)
+    if cfg.method == "mae":
+        d.pop("imae")
+    else:  # the teacher counts by what it is, not where it lies
+        d["imae"]["teacher"] = teacher_fingerprint or d["imae"]["teacher"]
+    blob = json.dumps(d, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]

@@ -1,0 +1,124 @@
+"""Run directories: ``config.yaml`` + ``metrics.jsonl`` + ``checkpoint.pt``.
+
+A directory belongs to one configuration (its fingerprint). Reopening it with the same config resumes or
+returns the finished run (this is how notebooks cache training); with a different config it is refused
+unless ``overwrite=True``, so finished work is never silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import CHECKPOINT_NAME
+from .config import RunConfig
+from .errors import RunDirError
+
+CONFIG_NAME, METRICS_NAME = "config.yaml", "metrics.jsonl"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    p = Path(run_dir) / CONFIG_NAME
+    with open(p) as f:
+        return yaml.safe_load(f) or {}
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def open_run_dir(out: str | os.PathLike, cfg: RunConfig, fingerprint: str, *, derived: dict,
+                 overwrite: bool = False, write: bool = True) -> Path:
+    """Create or reopen a run directory for ``cfg``; refuse one that holds a different run.
+
+    Returns the directory. Raises RunDirError when it holds another config's results (``overwrite=True``
+    deletes them first).
+    """
+    out = Path(out)
+    cfg_file = out / CONFIG_NAME
+    if cfg_file.is_file():
+        old = read_run_config(out)
+        if old.get("fingerprint") != fingerprint:
+            if not overwrite:
+                new_flat, old_flat = _flatten(cfg.to_dict()), _flatten(old.get("config", {}))
+                diff = [f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}"
+                        for k in sorted(set(new_flat) | set(old_flat)) if new_flat.get(k) != old_flat.get(k)]
+                detail = "; ".join(diff[:6]) if diff else "the teacher differs"
+                raise RunDirError(
+                    f"{out} holds results of a different configuration (fingerprint {old.get('fingerprint')}, "
+                    f"now {fingerprint}; {detail}). Refusing to overwrite them. Fix: choose another output "
+                    f"folder, or pass --overwrite (overwrite=True) to delete and replace them")
+            if write:
+                for name in (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME):
+                    if (out / name).exists():
+                        (out / name).unlink()
+    elif out.exists() and any(out.iterdir()) and not overwrite and (out / CHECKPOINT_NAME).exists():
+        raise RunDirError(f"{out} holds a checkpoint but no {CONFIG_NAME}; refusing to reuse it. "
+                          "Fix: choose another output folder or pass --overwrite")
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg_file.is_file():
+            write_yaml(cfg_file, {"fingerprint": fingerprint, "derived": derived, "config": cfg.to_dict()})
+    return out
+
+
+class MetricsLog:
+    """Append-only JSONL of training metrics, truncated back to a checkpoint's step on resume."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = Path(run_dir) / METRICS_NAME
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (written after the checkpoint we resume from)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, self.path)
+
+    def reset(self) -> None:
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a ``metrics.jsonl`` (or of the one inside a run directory); a torn last line is skipped."""
+    p = Path(path)
+    p = p / METRICS_NAME if p.is_dir() else p
+    out = []
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill; its step is re-run on resume
+    return out
+
+
+def remove_run_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
