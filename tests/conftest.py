@@ -1,0 +1,49 @@
+"""Shared fixtures: a synthetic CIFAR-layout dataset and tiny trained runs, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from imae.config import build_config
+from imae.data.toy import write_toy_cifar
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data"  # optional, used when present
+
+
+def micro(root, **overrides):
+    """A config small enough to train in seconds on a CPU: the tiny preset with a smaller ViT."""
+    base = {"data.root": str(root), "data.download": False, "data.subset_per_class": None,
+            "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2, "model.decoder_embed_dim": 32,
+            "model.decoder_depth": 1, "model.decoder_num_heads": 2, "train.batch_size": 32, "train.epochs": 2,
+            "train.warmup_epochs": 1.0, "train.device": "cpu"}
+    base.update(overrides)
+    method = base.pop("method", "mae")
+    return build_config("tiny", method=method, **base)
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_toy_cifar(root, per_class_train=20, per_class_test=10, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mae_run(toy_root, tmp_path_factory) -> Path:
+    from imae.train import pretrain
+
+    return pretrain(micro(toy_root), tmp_path_factory.mktemp("runs") / "mae", progress=False)
+
+
+@pytest.fixture(scope="session")
+def imae_run(toy_root, mae_run, tmp_path_factory) -> Path:
+    from imae.train import pretrain
+
+    cfg = micro(toy_root, method="imae", **{"imae.teacher": str(mae_run)})
+    return pretrain(cfg, tmp_path_factory.mktemp("runs") / "imae", progress=False)
