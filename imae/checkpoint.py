@@ -64,12 +64,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        globals_ = [ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln]
+        if globals_:  # a class or function reference: loading it could run code
             raise CheckpointError(
-                f"{p} contains Python objects other than tensors and plain values ({msg[:200]}); imae never "
-                f"executes code from a checkpoint. Fix: re-save only its state_dict, or use a trusted copy") from e
-        raise CheckpointError(f"{p} is corrupted ({msg[:200]}). Fix: delete it and retrain or restore a copy") from e
+                f"{p} contains Python objects other than tensors and plain values ({globals_[0][:200]}); imae "
+                f"never executes code from a checkpoint. Fix: re-save only its state_dict, or use a trusted copy"
+            ) from e
+        detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
+        raise CheckpointError(f"{p} is truncated or corrupted (unreadable pickle: {detail[:160]}). "
+                              f"Fix: delete it and retrain, or restore an intact copy") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
             f"{p} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "

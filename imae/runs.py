@@ -74,6 +74,8 @@ def open_run_dir(out: str | os.PathLike, cfg: RunConfig, fingerprint: str, *, de
                           "Fix: choose another output folder or pass --overwrite")
     if write:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing; the real file is intact
+            stale.unlink(missing_ok=True)
         if not cfg_file.is_file():
             write_yaml(cfg_file, {"fingerprint": fingerprint, "derived": derived, "config": cfg.to_dict()})
     return out

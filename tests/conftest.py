@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,8 +18,9 @@ SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data"  # optiona
 
 
 def micro(root, **overrides):
-    """A config small enough to train in seconds on a CPU: the tiny preset with a smaller ViT."""
-    base = {"data.root": str(root), "data.download": False, "data.subset_per_class": None,
+    """A config small enough to train in seconds on a CPU: the tiny preset with a smaller ViT.
+    (The tiny preset's subset of 100 images per class keeps all of the toy set's 20.)"""
+    base = {"data.root": str(root), "data.download": False,
             "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2, "model.decoder_embed_dim": 32,
             "model.decoder_depth": 1, "model.decoder_num_heads": 2, "train.batch_size": 32, "train.epochs": 2,
             "train.warmup_epochs": 1.0, "train.device": "cpu"}
@@ -47,3 +49,16 @@ def imae_run(toy_root, mae_run, tmp_path_factory) -> Path:
 
     cfg = micro(toy_root, method="imae", **{"imae.teacher": str(mae_run)})
     return pretrain(cfg, tmp_path_factory.mktemp("runs") / "imae", progress=False)
+
+
+def micro_cli_args(root, **overrides) -> list[str]:
+    """The same configuration as ``micro`` as ``python -m imae pretrain`` arguments."""
+    cfg = micro(root, **overrides)
+    args = ["--preset", "tiny", "--data-root", str(root), "--device", "cpu"]
+    base = build_config("tiny", method=cfg.method).to_dict()
+    new = cfg.to_dict()
+    for sec in ("model", "data", "imae", "train"):
+        for k, v in new[sec].items():
+            if v != base[sec][k] and (sec, k) not in {("data", "root"), ("train", "device"), ("train", "method")}:
+                args += ["--set", f"{sec}.{k}={json.dumps(v)}"]
+    return args
