@@ -7,7 +7,10 @@ PRESET ?= tiny
 NB     ?= separability
 OUT    ?= runs
 
-.PHONY: help install test tiny book reproduce figure clean-book
+JB     := $(VENV)/bin/jupyter-book
+BOOKSTAMP := $(VENV)/.book-installed
+
+.PHONY: help install test tiny book reproduce figure
 
 help:
 	@echo "make book                  render the stored results (offline, seconds)"
@@ -24,7 +27,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[book,test]"
 	touch $(STAMP)
 
+# Rendering the stored notebooks needs only Jupyter Book (no torch): seconds to install, offline to build.
+$(BOOKSTAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "jupyter-book>=1.0.4,<2" "myst-nb>=1.1"
+	touch $(BOOKSTAMP)
+
 install: $(STAMP)
+
+book: $(BOOKSTAMP)
+	$(JB) build book --all -W -n --keep-going
+	@echo "open _build/html/index.html"
+
+reproduce: $(STAMP)
+	$(PY) -m imae reproduce --preset $(PRESET)
+
+figure: $(STAMP)
+	$(PY) -m imae reproduce --preset $(PRESET) --only $(NB)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -19,7 +19,7 @@ def _set_pairs(items: list[str]) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ImaeError(f"--set expects KEY=VALUE (e.g. --set train.warmup_epochs=1), got {item!r}")
+            raise ImaeError(f"expected KEY=VALUE (e.g. --set train.warmup_epochs=1), got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
@@ -81,6 +81,17 @@ def cmd_make_toy_data(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    extra = _set_pairs(args.param)
+    if args.data_root:
+        extra["data_root"] = args.data_root
+    book = reproduce(args.preset, only=args.only, extra=extra, build=not args.no_build)
+    print(book)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imae", description="i-MAE reproduction toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="(default) continue from the run's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("reproduce", help="run the experiment notebooks into book/ and build the book")
+    p.add_argument("--preset", default="tiny", help="preset for every notebook (experiments/params/P.yaml if any)")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="rerun just these notebooks (e.g. separability)")
+    p.add_argument("--data-root", help="dataset root passed to every notebook")
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="notebook parameter override")
+    p.add_argument("--no-build", action="store_true", help="do not build the book afterwards")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("make-toy-data", help="write a small synthetic CIFAR-10-layout dataset (tests, CI)")
     p.add_argument("root", help="data root; writes ROOT/cifar-10-batches-py")

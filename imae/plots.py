@@ -1,0 +1,120 @@
+"""Figures used by the notebooks. Every function returns a matplotlib Figure and never calls ``show``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .runs import read_metrics
+
+TERM_LABELS = {
+    "loss_rec": "reconstruction (masked MSE)",
+    "loss_rec_sub": "subordinate reconstruction",
+    "loss_rec_dom": "dominant reconstruction",
+    "loss_distill_sub": "subordinate distillation",
+    "loss_distill_dom": "dominant distillation",
+}
+PALETTE = {"mae": "#4C72B0", "imae": "#DD8452", "sub": "#55A868", "dom": "#C44E52"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                         "axes.spines.right": False, "font.size": 10})
+    return plt
+
+
+def metrics_frame(run_dir) -> pd.DataFrame:
+    """metrics.jsonl as a DataFrame (event lines dropped)."""
+    recs = [r for r in read_metrics(run_dir) if "event" not in r]
+    return pd.DataFrame.from_records(recs)
+
+
+def loss_curves(runs: dict, *, smooth_steps: int | None = None):
+    """One panel per run: every loss term against epochs (rolling mean over ``smooth_steps``).
+
+    Args:
+        runs: {title: run directory}.
+        smooth_steps: window of the rolling mean; default about a tenth of the run.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.6), squeeze=False)
+    for ax, (title, run) in zip(axes[0], runs.items()):
+        df = metrics_frame(run)
+        window = smooth_steps or max(1, len(df) // 10)
+        terms = [c for c in df.columns if c.startswith("loss_") and df[c].abs().sum() > 0]
+        for col in terms:
+            ax.plot(df["epoch"], df[col].rolling(window, min_periods=1).mean(), label=TERM_LABELS.get(col, col))
+        ax.set(title=title, xlabel="epoch", ylabel="loss (normalised-pixel MSE / feature MSE)", yscale="log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metric_vs_alpha(curves: dict, *, ylabel: str, title: str = "", ylim=None, chance: float | None = None):
+    """Lines of a metric against the subordinate weight alpha.
+
+    Args:
+        curves: {label: (alphas, values)}; labels containing "sub"/"dom" get dashed/solid lines.
+        ylabel, title: axis texts.
+        chance: draw a horizontal chance line.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for label, (alphas, values) in curves.items():
+        style = "--" if "dom" in label else "-"
+        color = PALETTE["imae"] if "i-MAE" in label else PALETTE["mae"]
+        ax.plot(alphas, values, style, marker="o", ms=3.5, color=color, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    ax.set(xlabel=r"subordinate weight $\alpha$", ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float = 1.3):
+    """A grid of RGB images: {row label: [images (H, W, 3) in [0, 1]]}."""
+    plt = _plt()
+    n_rows, n_cols = len(rows), max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if c < len(images):
+                ax.imshow(np.clip(np.asarray(images[c]), 0, 1), interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bars(table: pd.DataFrame, *, value: str, group: str, hue: str, ylabel: str, title: str = ""):
+    """Grouped bars from a long table (e.g. accuracy by evaluation and model)."""
+    plt = _plt()
+    groups, hues = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[hue]))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(groups) * len(hues) / 2 + 2), 3.6))
+    width = 0.8 / len(hues)
+    for k, h in enumerate(hues):
+        sub = table[table[hue] == h].set_index(group).reindex(groups)
+        xs = np.arange(len(groups)) + (k - (len(hues) - 1) / 2) * width
+        ax.bar(xs, sub[value], width, label=str(h))
+        for x, v in zip(xs, sub[value]):
+            if np.isfinite(v):
+                ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""Run the experiment notebooks with papermill, in dependency order, into the book; then build the book.
+
+``python -m imae reproduce --preset tiny`` runs every notebook; ``--only separability`` reruns one figure.
+Trained runs and evaluations are cached (see :mod:`imae.experiments`), so a single figure reuses the
+pretraining that ``pretrain.ipynb`` did. Parameters for a preset come from ``experiments/params/<preset>.yaml``
+when it exists. The executed notebooks land in ``book/`` (the copies the book renders), their JSON records in
+``book/results/``; ``book/status_table.md`` is regenerated from those records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import ImaeError
+
+NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations")
+CHAPTER_TITLES = {"pretrain": "Pretraining", "reconstruction": "Two-way reconstruction",
+                  "separability": "Linear separability", "semantics": "Degree of semantics",
+                  "classification": "Classification", "ablations": "Ablations"}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> dict:
+    params = {"preset": preset}
+    pfile = root / "experiments" / "params" / f"{preset}.yaml"
+    if pfile.is_file():
+        params.update(yaml.safe_load(pfile.read_text()) or {})
+    params.update(extra or {})
+    return params
+
+
+def run_notebook(name: str, parameters: dict, *, root: Path, out_dir: Path, log=print) -> Path:
+    """Execute ``experiments/<name>.ipynb`` into ``out_dir/<name>.ipynb`` (kernel python3, cwd = repo root)."""
+    import papermill as pm
+
+    src = root / "experiments" / f"{name}.ipynb"
+    if not src.is_file():
+        raise ImaeError(f"no notebook {src}; choose one of {list(NOTEBOOKS)}")
+    out = out_dir / f"{name}.ipynb"
+    tmp = out_dir / f".{name}.running.ipynb"
+    t0 = time.time()
+    log(f"[reproduce] {name}: running with {json.dumps(parameters, default=str)}")
+    pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root),
+                        progress_bar=False, log_output=False)
+    os.replace(tmp, out)  # only a fully executed notebook replaces the stored one
+    log(f"[reproduce] {name}: done in {time.time() - t0:.0f} s -> {out}")
+    return out
+
+
+def write_status(book_dir: Path) -> Path:
+    """``book/status_table.md`` (included by the introduction): for every chapter, the preset, data,
+    hardware, epochs and time it came from."""
+    rows = []
+    for name in NOTEBOOKS:
+        rec_file = book_dir / "results" / f"{name}.json"
+        if not rec_file.is_file():
+            rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | not run yet | | | | | |")
+            continue
+        rec = json.loads(rec_file.read_text())
+        runs = rec.get("runs", {})
+        first = next(iter(runs.values()), {})
+        epochs = " / ".join(f"{k}: {v['epochs']}" for k, v in runs.items())
+        wall = sum(v.get("wall_time_s", 0) for v in runs.values())
+        data = f"{first.get('dataset', '?')} ({first.get('train_images', '?')} train images)"
+        rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | {first.get('preset', '?')} | {data} | "
+                    f"{rec.get('hardware', '?')} | {epochs} | {wall:.0f} s | {rec.get('date', '?')} |")
+    text = "\n".join([
+        "| chapter | preset | dataset | hardware | epochs per run | training time | date |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ])
+    path = book_dir / "status_table.md"
+    path.write_text(text)
+    return path
+
+
+def build_book(root: Path, book_dir: Path | None = None, *, strict: bool = True) -> None:
+    """``jupyter-book build <book> --all [-W -n --keep-going]``; raises on failure."""
+    book_dir = book_dir or root / "book"
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(book_dir), "--all"]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImaeError(f"book build failed ({' '.join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dict | None = None,
+              book_dir: str | os.PathLike | None = None, build: bool = True) -> Path:
+    """Run the notebooks (all, or ``only``) for ``preset`` into the book, then build it; returns the book dir."""
+    root = repo_root()
+    book = Path(book_dir) if book_dir else root / "book"
+    names = list(only) if only else list(NOTEBOOKS)
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise ImaeError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
+    params = notebook_parameters(preset, root, {"results_dir": str((book / "results").resolve()), **(extra or {})})
+    for name in NOTEBOOKS:  # dependency order, whatever order was asked
+        if name in names:
+            run_notebook(name, params, root=root, out_dir=book)
+    write_status(book)
+    if build:
+        build_book(root, book)
+    return book
