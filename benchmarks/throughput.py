@@ -1,0 +1,370 @@
+"""End-to-end training-step throughput of MAE and i-MAE: the released engine's layout vs ours, in ONE run.
+
+A step is everything the engine does per batch: draw anchors (and partners), augment, mix, mask, forward
+(student and, for i-MAE, the frozen teacher), backward, AdamW step. Paths:
+
+* ``faithful``  the released engine's layout: fp32 eager, timm attention with ``fused_attn=False``, separate
+                decoder/teacher calls (``batched=False``), PIL RandomResizedCrop + flip in a CPU DataLoader
+                (``LoaderPairSource``, ``--workers``), and a ``loss.item()`` finite check every step.
+* ``fast``      ours: ``TensorPairSource`` (uint8 data and batched augmentation on the device), bf16 autocast
+                on CUDA (fp32 on CPU), fused SDPA attention, batched branches, no host sync per step.
+* ``fast+compile`` (``--compile``): ``fast`` with the model under ``torch.compile``; the first (compiling)
+                step is timed separately as ``compile_s``.
+
+Both paths compute the same function (tests/test_speed.py) and the same FLOPs: the teacher sees the clean
+images (two teacher encoder passes per step, as the released code's two passes over the mixture). FLOPs per
+step are counted once per method with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
+attention; explicit attention so CPU SDPA is counted too) and MFU = FLOPs x steps/s / ``--peak-tflops``.
+
+    python benchmarks/throughput.py --preset cifar --batch 1024 --compile --out results.json    # GPU
+    python benchmarks/throughput.py --preset tiny --batch 128 --device cpu --out tiny_cpu.json  # CPU
+
+Ratios are measured against the faithful path of the same method in the same run (never across runs).
+Data are synthetic uint8 images of the preset's size unless ``--dataset``/``--data-root`` name a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from imae.config import build_config
+from imae.data.augment import BatchAugment
+from imae.data.datasets import ImageArrays, dataset_info, load_arrays
+from imae.data.pairs import mix_seed, sample_lambda
+from imae.data.sources import ArrayImageDataset, LoaderPairSource, TensorPairSource, pil_transform
+from imae.models import freeze_teacher, mae_from_config, set_fused_attention
+from imae.train import build_model, param_groups
+
+H100_BF16_DENSE_TFLOPS = 989.0  # H100/H200 SXM bf16 dense (spec sheet); the SPEC's measured matmul peak is 795
+PATHS = ("faithful", "fast", "fast+compile")
+CIFAR_REPRO = {"images_per_epoch": 50_000, "mae_epochs": 100, "imae_epochs": 100}
+EVAL_FIXED_S, EVAL_FORWARDS = 30.0, 500_000  # see projection()
+
+
+# ------------------------------------------------------------------------------------------------ data
+def synthetic_arrays(cfg, n: int, seed: int = 0) -> ImageArrays:
+    """``n`` random uint8 images of the preset's size, balanced over the dataset's classes."""
+    info = dataset_info(cfg.data.dataset)
+    size = cfg.model.img_size
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % info.num_classes
+    info = dataclasses.replace(info, name=f"synthetic-{info.name}", img_size=size, in_memory=True)
+    return ImageArrays(images, labels, [str(c) for c in range(info.num_classes)], info)
+
+
+def pool_size(cfg, batch: int) -> int:
+    """Images held for the synthetic set: the preset's training set, capped at ~1 GiB (never below a batch)."""
+    n_train = {"cifar10": 50_000, "cifar10-mini": 1_000, "cifar100": 50_000, "tinyimagenet": 100_000}.get(
+        cfg.data.dataset, 1_281_167)
+    if cfg.data.subset_per_class:
+        n_train = min(n_train, cfg.data.subset_per_class * dataset_info(cfg.data.dataset).num_classes)
+    per_image = 3 * cfg.model.img_size ** 2
+    return max(batch, min(n_train, (1 << 30) // per_image))
+
+
+class Cycled(torch.utils.data.Dataset):
+    """``base`` repeated to ``length`` items, so the DataLoader never restarts its workers inside the timing."""
+
+    def __init__(self, base, length: int):
+        self.base, self.length = base, length
+        self.targets = [base.targets[i % len(base.targets)] for i in range(length)]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.base[i % len(self.base.targets)]
+
+
+def endless(source):
+    epoch = 0
+    while True:
+        yield from source.batches(epoch)
+        epoch += 1
+
+
+# ----------------------------------------------------------------------------------------------- steps
+class Stepper:
+    """One path of one method: model, teacher, optimizer, batch source and the engine's step."""
+
+    def __init__(self, cfg, path: str, arrays: ImageArrays, device: torch.device, *, workers: int, n_steps: int,
+                 compile_mode: str = "default"):
+        self.cfg, self.path, self.device = cfg, path, device
+        faithful = path == "faithful"
+        self.imae = cfg.method == "imae"
+        self.teacher = freeze_teacher(mae_from_config(cfg.model)).to(device) if self.imae else None
+        cfg = copy.deepcopy(cfg)
+        cfg.train.batched = not faithful
+        self.model = build_model(cfg, self.teacher).to(device)
+        set_fused_attention(self.model, not faithful)
+        if self.teacher is not None:
+            set_fused_attention(self.teacher, not faithful)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=1e-4,
+                                           betas=tuple(cfg.train.betas))
+        self.amp = device.type == "cuda" and not faithful
+        self.sync_each_step = faithful  # the released engine: loss.item() + finite check every step
+        self.forward = self.model
+        if path == "fast+compile":
+            self.forward = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode)
+        bsz, info = cfg.train.batch_size, arrays.info
+        common = dict(batch_size=bsz, same_prob=cfg.data.same_prob, pairs=self.imae, seed=cfg.train.seed,
+                      device=device)
+        if faithful:
+            tf = pil_transform(cfg.model.img_size, info.mean, info.std, scale=cfg.data.crop_scale, hflip=cfg.data.hflip)
+            dataset = Cycled(ArrayImageDataset(arrays), bsz * (n_steps + 2))
+            self.source = LoaderPairSource(dataset, transform=tf, num_workers=workers, **common)
+        else:
+            aug = BatchAugment(cfg.model.img_size, info.mean, info.std, scale=cfg.data.crop_scale, hflip=cfg.data.hflip)
+            self.source = TensorPairSource(arrays, augment=aug, **common)
+        self.batches = endless(self.source)
+        self.losses = torch.zeros((), device=device)
+
+    def model_inputs(self, batch: dict):
+        """As ``Trainer._forward``: mask noise and lambda from the batch's seed, on the device."""
+        t, g = self.cfg.train, torch.Generator(device=self.device).manual_seed(mix_seed(batch["seed"], 7))
+        noise = torch.rand((batch["x_a"].shape[0], self.model.mae.num_patches if self.imae else self.model.num_patches),
+                           generator=g, device=self.device)
+        if not self.imae:
+            return (batch["x_a"],), dict(mask_ratio=t.mask_ratio, noise=noise)
+        i = self.cfg.imae
+        lam = sample_lambda(i.alpha_mode, alpha=i.alpha, alpha_range=i.alpha_range, generator=g, device=self.device)
+        return (batch["x_a"], batch["x_b"], lam), dict(mask_ratio=t.mask_ratio, noise=noise, teacher=self.teacher)
+
+    def step(self) -> None:
+        args, kwargs = self.model_inputs(next(self.batches))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.forward(*args, **kwargs)
+        out["loss"].backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.sync_each_step:
+            if not math.isfinite(out["loss"].item()):
+                raise FloatingPointError("non-finite loss")
+        else:
+            self.losses += out["loss"].detach().float()  # checked once, after the timing
+
+    def flops_per_image(self) -> float:
+        """Model FLOPs of one training step (forward + backward, teacher included) per image."""
+        model, teacher = copy.deepcopy(self.model), copy.deepcopy(self.teacher)
+        set_fused_attention(model, False)  # explicit matmuls: counted the same on every device
+        if teacher is not None:
+            set_fused_attention(teacher, False)
+        n = min(4, self.cfg.train.batch_size)
+        batch = next(self.batches)
+        batch = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        args, kwargs = self.model_inputs(batch)
+        if teacher is not None:
+            kwargs["teacher"] = teacher
+        with FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)["loss"].backward()
+        return counter.get_total_flops() / n
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "cpu"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; process-wide, cumulative
+
+
+def cpu_matmul_peak_tflops(seconds: float = 0.5, n: int = 1024) -> float:
+    """A quick fp32 matmul rate on this CPU (the 'peak' for CPU MFU)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def measure(cfg, path: str, arrays, device, args) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    st = Stepper(cfg, path, arrays, device, workers=args.workers, n_steps=args.warmup + args.steps + 1,
+                 compile_mode=args.compile_mode)
+    compile_s = None
+    if path == "fast+compile":  # the first step compiles forward and backward
+        t0 = time.perf_counter()
+        st.step()
+        sync(device)
+        compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        st.step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        st.step()
+    sync(device)
+    dt = time.perf_counter() - t0
+    if not math.isfinite(float(st.losses)):
+        raise FloatingPointError(f"{cfg.method}/{path}: non-finite loss during the timing")
+    bsz = cfg.train.batch_size
+    return {"method": cfg.method, "path": path, "batch": bsz, "steps": args.steps, "seconds": dt,
+            "img_per_s": args.steps * bsz / dt, "step_ms": 1000 * dt / args.steps,
+            "peak_mem_mb": peak_memory_mb(device), "compile_s": compile_s,
+            "workers": args.workers if path == "faithful" else None, "_stepper": st}
+
+
+# ----------------------------------------------------------------------------------------- reporting
+def projection(rates: dict, compile_s: float = 0.0) -> dict:
+    """Wall time of the CIFAR-10 reproduction at the measured rates: MAE 100 + i-MAE 100 epochs of 50k images.
+
+    Evaluation allowance (our estimate): 30 s fixed (process start, data to the device, probe/kNN fits on
+    cached features) + 500k encoder forward passes (clean train+test features of both models, the 10-alpha
+    separability/semantics sweeps, teacher reference features) at the MAE training rate, which an unmasked
+    forward of the same encoder roughly matches. Fine-tuning is not included.
+    """
+    r = CIFAR_REPRO
+    mae_s = r["mae_epochs"] * r["images_per_epoch"] / rates["mae"]
+    imae_s = r["imae_epochs"] * r["images_per_epoch"] / rates["imae"]
+    eval_s = EVAL_FIXED_S + EVAL_FORWARDS / rates["mae"]
+    total = mae_s + imae_s + eval_s + compile_s
+    return {"mae_s": mae_s, "imae_s": imae_s, "eval_allowance_s": eval_s, "compile_s": compile_s,
+            "total_s": total, "total_min": total / 60, "goal_min": 8.0}
+
+
+def render(rows: list[dict]) -> str:
+    head = ["method", "path", "device", "batch", "img/s", "x faithful", "MFU %", "peak mem MB", "compile s"]
+    lines = [head]
+    for r in rows:
+        mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.2f}"
+        lines.append([r["method"], r["path"], r["device"], str(r["batch"]), f"{r['img_per_s']:,.0f}",
+                      "" if r["ratio"] is None else f"{r['ratio']:.2f}", mfu, f"{r['peak_mem_mb']:,.0f}",
+                      "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    fmt = lambda line: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+    return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths]), *map(fmt, lines[1:])])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="cifar", help="tiny | cifar | tinyimagenet | imagenet")
+    p.add_argument("--batch", type=int, help="global batch (default: the preset's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--methods", nargs="+", default=["mae", "imae"], choices=["mae", "imae"])
+    p.add_argument("--paths", nargs="+", default=["faithful", "fast"], choices=list(PATHS))
+    p.add_argument("--compile", action="store_true", help="also time fast+compile")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode: default | reduce-overhead | ...")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="faithful DataLoader workers")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--peak-tflops", type=float, help="for MFU; default 989 on CUDA, a measured matmul on CPU")
+    p.add_argument("--dataset", help="a real dataset instead of synthetic images (e.g. cifar10, cifar10-mini)")
+    p.add_argument("--data-root", help="where --dataset lies")
+    p.add_argument("--no-project", action="store_true", help="skip the CIFAR reproduction projection")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.compile and "fast+compile" not in args.paths:
+        args.paths.append("fast+compile")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dev_name = device_name(device)
+    peak, peak_src = args.peak_tflops, "--peak-tflops"
+    if peak is None:
+        peak, peak_src = ((H100_BF16_DENSE_TFLOPS, "H100/H200 bf16 dense spec") if device.type == "cuda"
+                          else (cpu_matmul_peak_tflops(), "measured fp32 matmul (1024^3)"))
+    rows, rates = [], {}
+    for method in args.methods:
+        over = {"train.device": str(device), "imae.teacher": "random-init" if method == "imae" else None}
+        if args.batch:
+            over["train.batch_size"] = args.batch
+        if args.dataset:
+            over.update({"data.dataset": args.dataset, "data.root": args.data_root, "data.download": False})
+        cfg = build_config(args.preset, method=method, **over)
+        if args.dataset:
+            arrays = load_arrays(cfg.data.dataset, "train", cfg.data.root, subset_per_class=cfg.data.subset_per_class,
+                                 download=False)
+        else:
+            arrays = synthetic_arrays(cfg, pool_size(cfg, cfg.train.batch_size), seed=cfg.train.seed)
+        flops = None
+        for path in args.paths:
+            if path == "fast+compile" and device.type != "cuda":
+                print("note: timing fast+compile on the CPU (inductor C++); the first step takes minutes",
+                      file=sys.stderr)
+            r = measure(cfg, path, arrays, device, args)
+            st = r.pop("_stepper")
+            if flops is None:
+                flops = st.flops_per_image()
+            del st
+            r.update(device=dev_name, gflop_per_img=flops / 1e9,
+                     mfu=flops * r["img_per_s"] / (peak * 1e12) if peak else None)
+            base = next((x for x in rows if x["method"] == method and x["path"] == "faithful"), None)
+            r["ratio"] = r["img_per_s"] / base["img_per_s"] if base else None
+            rows.append(r)
+            print(f"{method:5s} {path:13s} {r['img_per_s']:10,.0f} img/s", file=sys.stderr, flush=True)
+    print(f"\n{args.preset} preset on {dev_name} ({device.type}); peak {peak:.3g} TFLOP/s ({peak_src}); "
+          f"torch {torch.__version__}")
+    print(render(rows))
+    for m in args.methods:
+        g = next(r["gflop_per_img"] for r in rows if r["method"] == m)
+        print(f"{m}: {g:.3f} GFLOP per image-step (FlopCounterMode, forward + backward"
+              f"{', teacher included' if m == 'imae' else ''})")
+    result = {"preset": args.preset, "device": dev_name, "device_type": device.type, "torch": torch.__version__,
+              "peak_tflops": peak, "peak_source": peak_src, "threads": torch.get_num_threads(),
+              "data": args.dataset or "synthetic", "rows": rows}
+    fast_rates = {}
+    for m in ("mae", "imae"):
+        cands = [r for r in rows if r["method"] == m and r["path"] != "faithful"]
+        if cands:
+            best = max(cands, key=lambda r: r["img_per_s"])
+            fast_rates[m] = best
+    if not args.no_project and len(fast_rates) == 2:
+        comp = sum(r["compile_s"] or 0.0 for r in fast_rates.values())
+        proj = projection({m: r["img_per_s"] for m, r in fast_rates.items()}, comp)
+        proj["paths"] = {m: r["path"] for m, r in fast_rates.items()}
+        result["projection"] = proj
+        print(f"\nCIFAR-10 reproduction at these rates ({args.preset} preset, batch "
+              f"{fast_rates['imae']['batch']}; representative only for --preset cifar on the GPU): "
+              f"MAE 100 ep {proj['mae_s']:.0f} s + i-MAE 100 ep {proj['imae_s']:.0f} s + evaluation allowance "
+              f"{proj['eval_allowance_s']:.0f} s + compile {proj['compile_s']:.0f} s = {proj['total_min']:.1f} min "
+              f"(goal on an H200: {proj['goal_min']:.0f} min)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
