@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -35,8 +36,8 @@ import platform
 import resource
 import sys
 import time
+import warnings
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -186,6 +187,46 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+def host_syncs_per_step(st: Stepper, steps: int = 2) -> float | None:
+    """CUDA only: synchronising calls per step, counted with ``torch.cuda.set_sync_debug_mode('warn')``."""
+    if st.device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                st.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
+def agreement(cfg, device: torch.device, n: int = 8) -> float:
+    """Largest relative difference of the loss terms between the faithful and the fast layout (same weights,
+    inputs, lambda and mask) on ``device``; fast runs under bf16 autocast on CUDA."""
+    torch.manual_seed(0)
+    imae = cfg.method == "imae"
+    teacher = freeze_teacher(mae_from_config(cfg.model)).to(device) if imae else None
+    base = build_model(cfg, teacher).to(device)
+    g = torch.Generator(device=device).manual_seed(1)
+    size, num = cfg.model.img_size, (cfg.model.img_size // cfg.model.patch_size) ** 2
+    x_a, x_b = (torch.randn(n, 3, size, size, generator=g, device=device) for _ in range(2))
+    noise = torch.rand(n, num, generator=g, device=device)
+    terms = {}
+    for name, fused, batched, amp in (("faithful", False, False, False), ("fast", True, True, device.type == "cuda")):
+        model, t = copy.deepcopy(base), copy.deepcopy(teacher)
+        if imae:
+            model.batched = batched
+            set_fused_attention(t, fused)
+        set_fused_attention(model, fused)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = (model(x_a, x_b, torch.tensor(0.3, device=device), mask_ratio=cfg.train.mask_ratio, noise=noise,
+                         teacher=t) if imae else model(x_a, mask_ratio=cfg.train.mask_ratio, noise=noise))
+        terms[name] = {k: float(v) for k, v in out.items() if k.startswith("loss")}
+    return max(abs(terms["fast"][k] - v) / max(abs(v), 1e-12) for k, v in terms["faithful"].items())
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -231,7 +272,8 @@ def measure(cfg, path: str, arrays, device, args) -> dict:
     if not math.isfinite(float(st.losses)):
         raise FloatingPointError(f"{cfg.method}/{path}: non-finite loss during the timing")
     bsz = cfg.train.batch_size
-    return {"method": cfg.method, "path": path, "batch": bsz, "steps": args.steps, "seconds": dt,
+    syncs = None if path == "faithful" else host_syncs_per_step(st)
+    return {"host_syncs_per_step": syncs, "method": cfg.method, "path": path, "batch": bsz, "steps": args.steps, "seconds": dt,
             "img_per_s": args.steps * bsz / dt, "step_ms": 1000 * dt / args.steps,
             "peak_mem_mb": peak_memory_mb(device), "compile_s": compile_s,
             "workers": args.workers if path == "faithful" else None, "_stepper": st}
@@ -319,6 +361,8 @@ def main(argv=None) -> dict:
         else:
             arrays = synthetic_arrays(cfg, pool_size(cfg, cfg.train.batch_size), seed=cfg.train.seed)
         flops = None
+        agree = agreement(cfg, device)
+        print(f"{method}: faithful vs fast loss terms agree to {agree:.2e} (relative)", file=sys.stderr)
         for path in args.paths:
             if path == "fast+compile" and device.type != "cuda":
                 print("note: timing fast+compile on the CPU (inductor C++); the first step takes minutes",
@@ -328,7 +372,10 @@ def main(argv=None) -> dict:
             if flops is None:
                 flops = st.flops_per_image()
             del st
-            r.update(device=dev_name, gflop_per_img=flops / 1e9,
+            if path == "fast+compile":
+                torch._dynamo.reset()  # drop the compiled code (and the model it holds) before the next method
+            gc.collect()
+            r.update(device=dev_name, gflop_per_img=flops / 1e9, agreement_rel=agree,
                      mfu=flops * r["img_per_s"] / (peak * 1e12) if peak else None)
             base = next((x for x in rows if x["method"] == method and x["path"] == "faithful"), None)
             r["ratio"] = r["img_per_s"] / base["img_per_s"] if base else None

@@ -22,22 +22,23 @@ from imae.models import IMAE, MaskedAutoencoderViT, freeze_teacher, set_fused_at
 
 ARCH = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=24,
             decoder_depth=2, decoder_num_heads=2)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # the GPU machine runs both
 BF16_RTOL = 1e-2  # bf16 keeps 8 significant bits (eps 2**-8 = 0.4 %); measured errors here are <= 0.07 %
 
 
-def _imae_setup(seed: int = 0, n: int = 6):
+def _imae_setup(seed: int = 0, n: int = 6, device: str = "cpu"):
     torch.manual_seed(seed)
-    teacher = freeze_teacher(MaskedAutoencoderViT(**ARCH))
-    student = IMAE(MaskedAutoencoderViT(**ARCH), batched=True)
+    teacher = freeze_teacher(MaskedAutoencoderViT(**ARCH)).to(device)
+    student = IMAE(MaskedAutoencoderViT(**ARCH), batched=True).to(device)
     g = torch.Generator().manual_seed(seed + 1)
     x_a, x_b = torch.randn(n, 3, 16, 16, generator=g), torch.randn(n, 3, 16, 16, generator=g)
     noise = torch.rand(n, student.mae.num_patches, generator=g)
-    return student, teacher, x_a, x_b, noise
+    return student, teacher, x_a.to(device), x_b.to(device), noise.to(device)
 
 
 def _loss_and_grads(model, teacher, x_a, x_b, lam, noise, *, bf16: bool = False):
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x_a.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x_a, x_b, lam, mask_ratio=0.75, noise=noise, teacher=teacher)
     out["loss"].backward()
     terms = {k: out[k].detach().float() for k in ("loss", *IMAE.LOSS_TERMS)}
@@ -101,10 +102,11 @@ def test_set_fused_attention_refuses_a_model_without_attention():
         set_fused_attention(torch.nn.Linear(2, 2), False)
 
 
-def test_bf16_fast_path_matches_fp32_faithful_within_bf16_tolerance():
-    student, teacher, x_a, x_b, noise = _imae_setup(seed=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_fast_path_matches_fp32_faithful_within_bf16_tolerance(device):
+    student, teacher, x_a, x_b, noise = _imae_setup(seed=1, device=device)
     fast, faithful = _layouts(student)
-    lam = torch.tensor(0.35)
+    lam = torch.tensor(0.35, device=device)
     terms_bf, grads_bf = _loss_and_grads(fast, teacher, x_a, x_b, lam, noise, bf16=True)
     terms_32, grads_32 = _loss_and_grads(faithful, teacher, x_a, x_b, lam, noise)
     for k in terms_bf:
@@ -172,7 +174,8 @@ def test_flip_rate_is_one_half_and_flips_are_applied():
     torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-4)
 
 
-def test_resized_crop_equals_torchvision_bilinear():
+@pytest.mark.parametrize("device", DEVICES)
+def test_resized_crop_equals_torchvision_bilinear(device):
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
@@ -185,7 +188,7 @@ def test_resized_crop_equals_torchvision_bilinear():
     boxes[0] = torch.tensor([3.0, 5.0, 11.0, 17.0])  # a small, off-centre box on the known image
     flip = torch.rand(n, generator=g) < 0.5
     flip[0] = True
-    ours = resized_crop(imgs, boxes, size, flip)
+    ours = resized_crop(imgs.to(device), boxes.to(device), size, flip.to(device)).cpu()
     for k in range(n):
         t, l, h, w = (int(v) for v in boxes[k])
         ref = TF.resized_crop(imgs[k], t, l, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True)
