@@ -28,18 +28,22 @@ from imae.config import build_config
 from imae.train import pretrain
 
 
-def peak_rss_mb() -> dict:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"self": own, "children": children}
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def evaluate(mae_dir: Path, imae_dir: Path, args) -> dict:
     """Run ``imae.metrics.evaluate`` if this checkout has it, passing what its signature asks for."""
+    import imae
+
     try:
         metrics = importlib.import_module("imae.metrics")
     except ImportError as e:
         return {"skipped": f"imae.metrics is not available in this checkout ({e})"}
+    here = Path(imae.__file__).resolve().parent
+    where = getattr(metrics, "__file__", None)
+    if where is None or here not in Path(where).resolve().parents:  # e.g. an empty namespace folder elsewhere
+        return {"skipped": f"imae.metrics is not part of this checkout ({here})"}
     fn = getattr(metrics, "evaluate", None)
     if not callable(fn):
         return {"skipped": "imae.metrics has no evaluate() function"}
@@ -93,7 +97,7 @@ def main(argv=None) -> dict:
         extra = fn()
         rec = {"stage": name, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), **(extra or {})}
         stages.append(rec)
-        print(f"{name:10s} {rec['seconds']:8.1f} s   peak RSS {rec['peak_rss_mb']['self']:,.0f} MB"
+        print(f"{name:10s} {rec['seconds']:8.1f} s   peak RSS {rec['peak_rss_mb']:,.0f} MB"
               + (f"   ({rec['skipped']})" if "skipped" in rec else ""), flush=True)
         return rec
 
@@ -107,8 +111,7 @@ def main(argv=None) -> dict:
     result = {"preset": "tiny", "dataset": args.dataset, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "stages": stages, "total_s": total, "peak_rss_mb": peak_rss_mb()}
-    print(f"total      {total:8.1f} s   peak RSS {result['peak_rss_mb']['self']:,.0f} MB (process), "
-          f"{result['peak_rss_mb']['children']:,.0f} MB (largest child)")
+    print(f"total      {total:8.1f} s   peak RSS {result['peak_rss_mb']:,.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     if tmp is not None:
