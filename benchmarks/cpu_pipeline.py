@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from imae.config import build_config
-from imae.train import pretrain
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imae.config import build_config  # noqa: E402
+from imae.train import pretrain  # noqa: E402
 
 
 def peak_rss_mb() -> float:
