@@ -4,7 +4,9 @@
 
 Each stage trains from scratch into a fresh run directory (``--out-dir``, default a temporary folder) with the
 tiny preset (MAE 30 epochs, i-MAE 20 epochs with that MAE as teacher and initialisation). Evaluations run
-when ``imae.metrics`` provides an ``evaluate`` function; otherwise the stage is reported as skipped.
+when this checkout's ``imae.metrics`` provides ``evaluate(checkpoint, what, ...)``: every evaluation of
+``imae.metrics.WHATS`` except fine-tuning (or ``--eval-what``), for both models; otherwise the stage is
+reported as skipped.
 Peak RSS is the process's high-water mark after each stage (``resource``; cumulative, so it never falls).
 """
 
@@ -35,32 +37,46 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate(mae_dir: Path, imae_dir: Path, args) -> dict:
-    """Run ``imae.metrics.evaluate`` if this checkout has it, passing what its signature asks for."""
+def find_metrics():
+    """This checkout's ``imae.metrics`` module, or None and the reason it cannot be used."""
     import imae
 
     try:
         metrics = importlib.import_module("imae.metrics")
     except ImportError as e:
-        return {"skipped": f"imae.metrics is not available in this checkout ({e})"}
+        return None, f"imae.metrics is not available in this checkout ({e})"
     here = Path(imae.__file__).resolve().parent
     where = getattr(metrics, "__file__", None)
     if where is None or here not in Path(where).resolve().parents:  # e.g. an empty namespace folder elsewhere
-        return {"skipped": f"imae.metrics is not part of this checkout ({here})"}
+        return None, f"imae.metrics is not part of this checkout ({here})"
+    return metrics, None
+
+
+def run_evaluations(metrics, runs: dict, args) -> dict:
+    """``metrics.evaluate(run, what, device='cpu', dataset=..., data_root=...)`` for every run and evaluation.
+
+    Evaluations: ``--eval-what``, default every one in ``metrics.WHATS`` except fine-tuning. A failing
+    evaluation is recorded with its error (the timing of the others still counts).
+    """
     fn = getattr(metrics, "evaluate", None)
-    if not callable(fn):
-        return {"skipped": "imae.metrics has no evaluate() function"}
-    offer = {"run": imae_dir, "run_dir": imae_dir, "imae_run": imae_dir, "runs": [mae_dir, imae_dir],
-             "mae_run": mae_dir, "baseline": mae_dir, "teacher": mae_dir, "device": "cpu",
-             "data_root": args.data_root, "root": args.data_root, "dataset": args.dataset, "preset": "tiny"}
-    params = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in offer.items() if k in params}
-    missing = [k for k, p in params.items() if p.default is p.empty and k not in kwargs
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if missing:
-        return {"skipped": f"imae.metrics.evaluate needs {missing}, which this benchmark does not know how to give"}
-    result = fn(**kwargs)
-    return {"result": result if isinstance(result, (dict, list, str, int, float)) else repr(result)[:500]}
+    if not callable(fn) or not {"what"} <= set(inspect.signature(fn).parameters):
+        return {"skipped": "imae.metrics has no evaluate(checkpoint, what, ...) entry point"}
+    whats = args.eval_what or [w for w in getattr(metrics, "WHATS", ()) if w != "finetune"]
+    if not whats:
+        return {"skipped": "no evaluation named (imae.metrics.WHATS is empty; pass --eval-what)"}
+    done = []
+    for name, run in runs.items():
+        for what in whats:
+            t0, rec = time.perf_counter(), {"model": name, "what": what}
+            try:
+                fn(str(run), what, device="cpu", dataset=args.dataset, data_root=args.data_root)
+            except Exception as e:  # noqa: BLE001 - reported, not hidden
+                rec["error"] = f"{type(e).__name__}: {e}"[:300]
+            rec["seconds"] = time.perf_counter() - t0
+            done.append(rec)
+            print(f"  evaluate {name:4s} {what:15s} {rec['seconds']:7.1f} s" + (f"  ERROR {rec['error']}"
+                                                                          if "error" in rec else ""), flush=True)
+    return {"evaluations": done}
 
 
 def _overrides(items: list[str]) -> dict:
@@ -79,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (on a shared machine: the free cores)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both stages")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--eval-what", nargs="+", help="evaluations to time (default: all of imae.metrics.WHATS but "
+                                                   "finetune)")
     p.add_argument("--json", help="write the timings here")
     return p.parse_args(argv)
 
@@ -109,7 +127,9 @@ def main(argv=None) -> dict:
     imae_cfg = build_config("tiny", method="imae", **{**over, "imae.teacher": str(out / "mae")})
     stage("imae", lambda: {"steps": _train(imae_cfg, out / "imae")})
     if not args.skip_eval:
-        stage("evaluate", lambda: evaluate(out / "mae", out / "imae", args))
+        metrics, why = find_metrics()
+        runs = {"mae": out / "mae", "imae": out / "imae"}
+        stage("evaluate", lambda: run_evaluations(metrics, runs, args) if metrics else {"skipped": why})
     total = time.perf_counter() - t_all
     result = {"preset": "tiny", "dataset": args.dataset, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -42,3 +42,24 @@ def test_cpu_pipeline_smoke_writes_json(toy_root, tmp_path):
     assert data["stages"][0]["steps"] == 2 and data["stages"][1]["steps"] == 2
     assert data["total_s"] > 0 and data["peak_rss_mb"] > 0
     assert res["stages"][2].get("skipped") or "result" in res["stages"][2]
+
+
+def test_cpu_pipeline_times_every_evaluation_of_a_metrics_module(tmp_path):
+    calls = []
+
+    class FakeMetrics:
+        WHATS = ("knn", "finetune", "separability")
+
+        @staticmethod
+        def evaluate(checkpoint, what, *, out=None, reference=None, device="auto", **options):
+            calls.append((checkpoint, what, device, options["dataset"]))
+            if what == "separability":
+                raise RuntimeError("boom")
+            return {"what": what}
+
+    args = cpu_pipeline.parse_args(["--dataset", "cifar10-mini"])
+    res = cpu_pipeline.run_evaluations(FakeMetrics, {"mae": tmp_path / "a", "imae": tmp_path / "b"}, args)
+    assert [(c[1], c[2], c[3]) for c in calls] == [("knn", "cpu", "cifar10-mini"), ("separability", "cpu",
+                                                   "cifar10-mini")] * 2  # finetune is left out by default
+    assert [e.get("error", "")[:12] for e in res["evaluations"]] == ["", "RuntimeError"] * 2
+    assert cpu_pipeline.find_metrics()[0] is None or hasattr(cpu_pipeline.find_metrics()[0], "evaluate")
