@@ -30,7 +30,7 @@ from .checkpoint import FORMAT, checkpoint_path, is_imae_checkpoint, load_checkp
 from .config import RunConfig, derived, fingerprint, validate
 from .data.pairs import mix_seed, sample_lambda
 from .data.sources import build_source
-from .distributed import DistInfo, all_reduce_max, init_distributed
+from .distributed import DistInfo, all_reduce_max, barrier, init_distributed
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
 from .models import IMAE, MaskedAutoencoderViT, freeze_teacher, mae_from_config
 from .runs import MetricsLog, open_run_dir
@@ -197,6 +197,9 @@ class Trainer:
     def save(self, finished: bool = False) -> None:
         if self.info.is_main:
             save_checkpoint(self.state_dict(finished), self.ckpt_path)
+        # Data parallel: no process may read the run directory (e.g. as the next stage's teacher, or to see
+        # that the run finished) before the main process has written it.
+        barrier(self.info)
         self.last_good = self.step
 
     # ------------------------------------------------------------------------------------ steps

@@ -2,9 +2,9 @@
 
 Draws crop boxes exactly as ``torchvision.transforms.RandomResizedCrop.get_params`` does (ten attempts at a
 random area and log-uniform aspect ratio with integer sides, else the central fallback), for a whole batch
-at once, then resamples every crop with one bilinear ``grid_sample`` call (align_corners=False, which is
-what torchvision's bilinear resize computes when it enlarges). One kernel launch per batch instead of one
-PIL call per image is what lets the data stay on the GPU.
+at once, then resamples every crop with one bilinear ``grid_sample`` call whose sampling grid reproduces
+torchvision's tensor ``resized_crop`` (bilinear, source coordinates clamped inside the crop). A few kernel
+launches per batch instead of one PIL call per image is what lets the data stay on the GPU.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: tor
                  ) -> torch.Tensor:
     """Crop every image to its box and resize to ``size`` x ``size`` (bilinear), optionally mirrored.
 
+    Computes what ``torchvision.transforms.functional.resized_crop(..., BILINEAR)`` then ``hflip`` compute
+    on a tensor when the crop is enlarged (the only case for crops of a ``size`` x ``size`` image): output
+    pixel ``i`` samples the crop at ``(i + 0.5) * crop / size - 0.5``, clamped INSIDE the crop, so the
+    pixels just outside the box never leak in. One ``grid_sample`` call for the whole batch.
+
     Args:
         images: (B, C, H, W) float.
         boxes: (B, 4) (top, left, h, w) from :func:`rrc_params`.
@@ -64,13 +69,17 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: tor
     """
     b, _, height, width = images.shape
     top, left, h, w = boxes.to(images.dtype).unbind(1)
-    sx, sy = w / width, h / height
-    cx, cy = (2 * left + w) / width - 1, (2 * top + h) / height - 1
+    centre = torch.arange(size, device=images.device, dtype=images.dtype) + 0.5
+
+    def source(start, extent):  # (B,) box -> (B, size) source coordinates in pixels
+        s = (centre[None] * (extent / size)[:, None] - 0.5).clamp(min=0)
+        return torch.minimum(s, (extent - 1)[:, None]) + start[:, None]
+
+    sx, sy = source(left, w), source(top, h)
     if flip is not None:
-        sx = torch.where(flip, -sx, sx)
-    zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
-    grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
+        sx = torch.where(flip[:, None], sx.flip(1), sx)
+    gx, gy = (2 * sx + 1) / width - 1, (2 * sy + 1) / height - 1  # pixel -> grid_sample's [-1, 1]
+    grid = torch.stack([gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -89,9 +98,12 @@ class BatchAugment:
         self.size, self.scale, self.hflip, self.train = size, tuple(scale), hflip, train
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
+        self._on: dict = {}  # device -> (mean, std) there: no host-to-device copy per batch
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on:
+            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on[x.device]
         return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, *,

@@ -1,0 +1,65 @@
+"""Benchmarks run end to end and write their JSON (smoke only: no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import cpu_pipeline, throughput
+
+
+def test_throughput_smoke_writes_json(tmp_path):
+    out = tmp_path / "tp.json"
+    res = throughput.main(["--preset", "tiny", "--batch", "8", "--device", "cpu", "--warmup", "1", "--steps", "2",
+                           "--workers", "0", "--peak-tflops", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["rows"] and len(data["rows"]) == 4 == len(res["rows"])
+    by = {(r["method"], r["path"]): r for r in data["rows"]}
+    assert set(by) == {(m, p) for m in ("mae", "imae") for p in ("faithful", "fast")}
+    for r in data["rows"]:
+        assert r["img_per_s"] > 0 and r["peak_mem_mb"] > 0 and 0 < r["mfu"] < 1
+    assert by[("mae", "faithful")]["ratio"] is None and by[("mae", "fast")]["ratio"] > 0
+    # i-MAE does more work per image than MAE (two decoder branches, two teacher passes)
+    assert by[("imae", "fast")]["gflop_per_img"] > 1.5 * by[("mae", "fast")]["gflop_per_img"]
+    proj = data["projection"]
+    assert proj["total_s"] > proj["mae_s"] + proj["imae_s"] > 0
+
+
+def test_throughput_real_dataset_option(toy_root, tmp_path):
+    res = throughput.main(["--preset", "tiny", "--batch", "8", "--device", "cpu", "--warmup", "0", "--steps", "2",
+                           "--workers", "0", "--methods", "mae", "--paths", "fast", "--dataset", "cifar10",
+                           "--data-root", str(toy_root), "--peak-tflops", "1", "--no-project"])
+    assert res["data"] == "cifar10" and len(res["rows"]) == 1 and "projection" not in res
+
+
+def test_cpu_pipeline_smoke_writes_json(toy_root, tmp_path):
+    out = tmp_path / "pipe.json"
+    res = cpu_pipeline.main(["--dataset", "cifar10", "--data-root", str(toy_root), "--json", str(out),
+                             "--out-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
+                             "--set", "train.batch_size=100", "--set", "data.subset_per_class=null"])
+    data = json.loads(out.read_text())
+    names = [s["stage"] for s in data["stages"]]
+    assert names == ["mae", "imae", "evaluate"]
+    assert data["stages"][0]["steps"] == 2 and data["stages"][1]["steps"] == 2
+    assert data["total_s"] > 0 and data["peak_rss_mb"] > 0
+    assert res["stages"][2].get("skipped") or "result" in res["stages"][2]
+
+
+def test_cpu_pipeline_times_every_evaluation_of_a_metrics_module(tmp_path):
+    calls = []
+
+    class FakeMetrics:
+        WHATS = ("knn", "finetune", "separability")
+
+        @staticmethod
+        def evaluate(checkpoint, what, *, out=None, reference=None, device="auto", **options):
+            calls.append((checkpoint, what, device, options["dataset"]))
+            if what == "separability":
+                raise RuntimeError("boom")
+            return {"what": what}
+
+    args = cpu_pipeline.parse_args(["--dataset", "cifar10-mini"])
+    res = cpu_pipeline.run_evaluations(FakeMetrics, {"mae": tmp_path / "a", "imae": tmp_path / "b"}, args)
+    assert [(c[1], c[2], c[3]) for c in calls] == [("knn", "cpu", "cifar10-mini"), ("separability", "cpu",
+                                                   "cifar10-mini")] * 2  # finetune is left out by default
+    assert [e.get("error", "")[:12] for e in res["evaluations"]] == ["", "RuntimeError"] * 2
+    assert cpu_pipeline.find_metrics()[0] is None or hasattr(cpu_pipeline.find_metrics()[0], "evaluate")
