@@ -143,7 +143,7 @@ class Trainer:
         self.local = slice(info.rank * t.batch_size // info.world, (info.rank + 1) * t.batch_size // info.world)
         self.base_lr = derived(cfg, info.world)["lr"]
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=self.base_lr,
-                                           betas=tuple(t.betas))
+                                           betas=tuple(t.betas), fused=device.type == "cuda")
         self.steps_per_epoch = math.ceil(self.source.num_batches / t.accum_iter)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -302,8 +302,11 @@ class Trainer:
                         self._flush(bar)
                     if due:
                         self.save()
-                    stop = all_reduce_max(sig.signum or 0, self.info, self.device) if (
-                        self.info.enabled and self.step % self.log_every == 0) else (sig.signum or 0)
+                    if self.info.enabled:  # all processes must agree, at the same step, to stop
+                        on_log_step = self.step % self.log_every == 0
+                        stop = all_reduce_max(sig.signum or 0, self.info, self.device) if on_log_step else 0
+                    else:
+                        stop = sig.signum or 0
                     if stop:
                         self._flush(bar)
                         self.save()
@@ -334,6 +337,7 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
     fp = fingerprint(cfg, tfp)
     run_dir = open_run_dir(out, cfg, fp, derived=derived(cfg, info.world), overwrite=overwrite,
                            write=info.is_main)
+    barrier(info)  # the other processes read the directory only once the main one has prepared it
     restarted = False
     while True:
         ckpt = None

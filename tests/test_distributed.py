@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import micro
+from .conftest import micro
 from imae.checkpoint import load_checkpoint
 from imae.runs import read_metrics
 from imae.train import pretrain
