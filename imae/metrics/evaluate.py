@@ -25,7 +25,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError, RunDirError
-from .features import load_eval_data
+from .features import PAIRINGS, check_alphas, load_eval_data
 from .finetune import finetune
 from .loading import LoadedModel, load_model, load_reference, resolve_device
 from .probes import knn, linear_probe
@@ -84,6 +84,11 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
         hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
         detail = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
         raise ConfigError(f"evaluation {what!r} does not take option(s) {detail}; it takes {allowed}")
+    # Cheap checks first: a typo should not cost a model load.
+    if "alphas" in options:
+        options["alphas"] = check_alphas(options["alphas"])
+    if "pairing" in options and options["pairing"] not in PAIRINGS:
+        raise ConfigError(f"pairing={options['pairing']!r} is unknown; choose one of {list(PAIRINGS)}")
     t0 = time.perf_counter()
     dev = resolve_device(device)
     model = load_model(checkpoint, model_config=options.get("model_config"), device=dev)

@@ -8,11 +8,11 @@ with ȳ_j the mean of output j over the SCORED samples (sklearn's ``r2_score(...
 multioutput='variance_weighted')``). Dimensions with more variance weigh more; 1 means the targets are
 perfectly linearly recoverable, 0 means no better than predicting their mean, and it can go negative.
 
-The ridge fit centres X and Y on the fitting data, takes ONE thin SVD of the centred training part,
-``X = U S Vᵀ``, and gets the validation predictions of every penalty λ from it at the cost of a matrix
-product each: ``W(λ) = V diag(s / (s² + λ)) Uᵀ Y``. The grid is relative to the data's scale (λ = g ·
+The ridge fit centres X and Y on the fitting data, takes ONE eigendecomposition of the centred training
+part's Gram matrix, ``XᵀX = V diag(e) Vᵀ``, and gets the validation predictions of every penalty λ from it at
+the cost of a small matrix product each: ``W(λ) = V diag(1 / (e + λ)) Vᵀ XᵀY``. The grid is relative to the data's scale (λ = g ·
 mean eigenvalue of XᵀX), so the same grid fits features of any norm. The chosen λ is then refitted on
-train + validation (a second SVD). Computation is float64 on the CPU: it is small next to feature
+train + validation (a second, D x D, eigendecomposition). Computation is float64 on the CPU: it is small next to feature
 extraction and the penalties span nine decades.
 """
 
@@ -70,11 +70,12 @@ class RidgeFit:
         return r2_score(y, self.predict(x))
 
 
-def _svd_solver(x: torch.Tensor, y: torch.Tensor):
-    """Centred thin SVD pieces: returns (x_mean, y_mean, V, s, Uᵀ Y_c)."""
+def _eig_solver(x: torch.Tensor, y: torch.Tensor):
+    """Centred pieces of the ridge solution: (x_mean, y_mean, V, e, Vᵀ X_cᵀ Y_c) with X_cᵀX_c = V diag(e) Vᵀ."""
     x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
-    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
-    return x_mean, y_mean, vh.T, s, u.T @ (y - y_mean)
+    xc = x - x_mean
+    e, v = torch.linalg.eigh(xc.T @ xc)
+    return x_mean, y_mean, v, e.clamp_min(0.0), v.T @ (xc.T @ (y - y_mean))
 
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, *, grid=RIDGE_GRID, val_fraction: float = 0.2,
@@ -102,19 +103,15 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, *, grid=RIDGE_GRID, val_fraction
         raise ConfigError(f"ridge grid {grid} must hold finite positive penalties")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, tr = perm[:n_val], perm[n_val:]
-    x_mean, y_mean, v, s, uty = _svd_solver(x[tr], y[tr])
-    scale = float((s ** 2).sum()) / x.shape[1] or 1.0  # all-constant inputs: any λ fits the mean
+    x_mean, y_mean, v, e, vty = _eig_solver(x[tr], y[tr])
+    scale = float(e.sum()) / x.shape[1] or 1.0  # all-constant inputs: any λ fits the mean
     xv = (x[val] - x_mean) @ v
-    val_r2 = []
-    for g in grid:
-        f = s / (s ** 2 + g * scale)
-        val_r2.append(r2_score(y[val], (xv * f) @ uty + y_mean))
+    val_r2 = [r2_score(y[val], (xv / (e + g * scale)) @ vty + y_mean) for g in grid]
     # Ties (e.g. constant inputs) go to the largest penalty: the simplest map that does as well.
     best = max(range(len(grid)), key=lambda i: (round(val_r2[i], 12), grid[i]))
-    x_mean, y_mean, v, s, uty = _svd_solver(x, y)
-    scale_all = float((s ** 2).sum()) / x.shape[1] or 1.0
-    lam = grid[best] * scale_all
-    coef = v @ ((s / (s ** 2 + lam))[:, None] * uty)
+    x_mean, y_mean, v, e, vty = _eig_solver(x, y)
+    lam = grid[best] * (float(e.sum()) / x.shape[1] or 1.0)
+    coef = v @ (vty / (e + lam)[:, None])
     return RidgeFit(coef, x_mean, y_mean, lam, grid[best], grid, val_r2)
 
 
