@@ -44,7 +44,7 @@ def options_for(what: str) -> list[str]:
     """The keyword options ``evaluate(..., what=what)`` accepts (besides out, reference, device)."""
     sig = inspect.signature(_FUNCTIONS[check_what(what)])
     own = [n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL]
-    return sorted({*own, *_DATA_OPTIONS, "model_config"})
+    return sorted({*own, *_DATA_OPTIONS, "model_config", "seed"})  # seed: recorded even where nothing is random
 
 
 def check_what(what: str) -> str:
@@ -94,6 +94,9 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
     model = load_model(checkpoint, model_config=options.get("model_config"), device=dev)
     data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS})
     kwargs = {**_defaults(what), **{k: v for k, v in options.items() if k not in (*_DATA_OPTIONS, "model_config")}}
+    seed = kwargs.get("seed", 0)
+    if "seed" not in _defaults(what):
+        kwargs.pop("seed", None)
     ref = None
     if what == "separability" or (what == "reconstruction" and model.kind == "imae"):
         ref = load_reference(model, reference, device=dev)
@@ -109,7 +112,7 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
                       "chance": 1.0 / data.train.num_classes, "per_pool": result}
     wall = time.perf_counter() - t0
     result = {"what": what, **result,
-              "metadata": _metadata(model, ref, data, what, kwargs, dev, wall, checkpoint)}
+              "metadata": _metadata(model, ref, data, what, {**kwargs, "seed": seed}, dev, wall, checkpoint)}
     if out is not None:
         write_result(out, result, model=model, options=kwargs, data_options={k: options.get(k) for k in _DATA_OPTIONS})
     return result

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -26,6 +27,21 @@ WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)  # strong
 
 def _as_device(device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _threads_for(x: torch.Tensor):
+    """One CPU thread for small problems: each of L-BFGS's hundreds of tiny ops would otherwise pay a
+    thread-pool synchronisation, which costs milliseconds when another process shares the cores."""
+    small = x.device.type == "cpu" and x.numel() < 2 ** 20
+    old = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(old)
 
 
 def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> None:
@@ -50,7 +66,8 @@ def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> None:
         b.grad = p.sum(dim=0)
         return loss
 
-    opt.step(closure)
+    with _threads_for(x):
+        opt.step(closure)
 
 
 @torch.no_grad()
