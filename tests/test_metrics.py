@@ -21,8 +21,9 @@ from imae.metrics.separability import NoRefitScores
 from imae.models import MaskedAutoencoderViT
 
 WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
-FAST = {"separability": dict(alphas=[0.1, 0.4]), "semantics": dict(alphas=[0.2]), "linear-probe": {}, "knn": {},
-        "finetune": dict(epochs=1, batch_size=64), "reconstruction": dict(alphas=[0.1, 0.5], n_examples=2)}
+FAST = {"separability": dict(alphas=[0.1, 0.4], n_pairs=60), "semantics": dict(alphas=[0.2], n_pairs=60),
+        "linear-probe": dict(max_images=100), "knn": {}, "finetune": dict(epochs=1, batch_size=64, max_images=100),
+        "reconstruction": dict(alphas=[0.1, 0.5], n_examples=2, n_pairs=40)}
 
 
 def _blobs(n_train: int, n_test: int, d: int, c: int, seed: int, spread: float = 10.0):
