@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_toy_data)
+    from .evaluate_cli import add_evaluate_parser
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -1,0 +1,184 @@
+"""One entry point for every evaluation: ``evaluate(checkpoint, what, out=..., **options) -> dict``.
+
+``what`` is one of :data:`WHATS`. The model comes from a run directory or checkpoint, the images from its
+config's dataset and data root (overridable). With ``out``, the result is written to ``out/<what>.json``
+(numbers + metadata: checkpoint, fingerprint, dataset, alphas, seed, device, wall time; example images of
+the reconstruction go to ``out/reconstruction_examples.npz``) and the options and the model's config to
+``out/config.yaml``, which collects every evaluation of ONE model (a folder of another model is refused).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .. import __version__
+from ..errors import ConfigError, RunDirError
+from .features import PAIRINGS, check_alphas, load_eval_data
+from .finetune import finetune
+from .loading import LoadedModel, load_model, load_reference, resolve_device
+from .probes import knn, linear_probe
+from .reconstruction import reconstruction_quality
+from .semantics import degree_of_semantics
+from .separability import linear_separability
+
+WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
+_FUNCTIONS = {"separability": linear_separability, "semantics": degree_of_semantics, "linear-probe": linear_probe,
+              "knn": knn, "finetune": finetune, "reconstruction": reconstruction_quality}
+_DATA_OPTIONS = ("dataset", "data_root", "max_images")
+_INTERNAL = {"model", "reference", "data", "device", "encoder", "baseline", "features"}
+
+
+def options_for(what: str) -> list[str]:
+    """The keyword options ``evaluate(..., what=what)`` accepts (besides out, reference, device)."""
+    sig = inspect.signature(_FUNCTIONS[check_what(what)])
+    own = [n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL]
+    return sorted({*own, *_DATA_OPTIONS, "model_config", "seed"})  # seed: recorded even where nothing is random
+
+
+def check_what(what: str) -> str:
+    if what not in WHATS:
+        close = difflib.get_close_matches(str(what), WHATS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown evaluation what={what!r}; choose one of {list(WHATS)}.{hint}")
+    return what
+
+
+def _defaults(what: str) -> dict:
+    sig = inspect.signature(_FUNCTIONS[what])
+    return {n: p.default for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL}
+
+
+def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike | None = None,
+             reference: str | os.PathLike | None = None, device: str = "auto", **options) -> dict:
+    """Run one evaluation of a trained MAE / i-MAE.
+
+    Args:
+        checkpoint: run directory or checkpoint file (a bare/official MAE state dict needs ``model_config``).
+        what: one of ``separability``, ``semantics``, ``linear-probe``, ``knn``, ``finetune``, ``reconstruction``.
+        out: folder for ``<what>.json`` and ``config.yaml`` (None: return only).
+        reference: the reference encoder for separability and the MAE baseline of reconstruction (default:
+            an i-MAE's teacher, an MAE itself); other evaluations ignore it.
+        device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``.
+        **options: ``dataset``, ``data_root``, ``max_images`` (images per split, balanced over classes),
+            ``model_config``, and the keyword arguments of the evaluation's function (see
+            :func:`options_for`), e.g. ``alphas``, ``n_pairs``, ``batch_size``, ``seed``, ``epochs``.
+    Returns:
+        the metric's dict plus ``what`` and ``metadata``.
+    """
+    what = check_what(what)
+    allowed = options_for(what)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
+        detail = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
+        raise ConfigError(f"evaluation {what!r} does not take option(s) {detail}; it takes {allowed}")
+    # Cheap checks first: a typo should not cost a model load.
+    if "alphas" in options:
+        options["alphas"] = check_alphas(options["alphas"])
+    if "pairing" in options and options["pairing"] not in PAIRINGS:
+        raise ConfigError(f"pairing={options['pairing']!r} is unknown; choose one of {list(PAIRINGS)}")
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    model = load_model(checkpoint, model_config=options.get("model_config"), device=dev)
+    data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS})
+    kwargs = {**_defaults(what), **{k: v for k, v in options.items() if k not in (*_DATA_OPTIONS, "model_config")}}
+    seed = kwargs.get("seed", 0)
+    if "seed" not in _defaults(what):
+        kwargs.pop("seed", None)
+    ref = None
+    if what == "separability" or (what == "reconstruction" and model.kind == "imae"):
+        ref = load_reference(model, reference, device=dev)
+    fn = _FUNCTIONS[what]
+    if what in ("separability", "reconstruction"):
+        result = fn(model, ref, data, device=dev, **kwargs)
+    elif what == "semantics":
+        result = fn(model, data, device=dev, **kwargs)
+    else:  # clean-image evaluations of the encoder
+        result = fn(model.mae, data, device=dev, **kwargs)
+        if what != "finetune":
+            result = {"pools": list(result), "accuracy": {p: r["accuracy"] for p, r in result.items()},
+                      "chance": 1.0 / data.train.num_classes, "per_pool": result}
+    wall = time.perf_counter() - t0
+    result = {"what": what, **result,
+              "metadata": _metadata(model, ref, data, what, {**kwargs, "seed": seed}, dev, wall, checkpoint)}
+    if out is not None:
+        write_result(out, result, model=model, options=kwargs, data_options={k: options.get(k) for k in _DATA_OPTIONS})
+    return result
+
+
+def _metadata(model: LoadedModel, ref, data, what, kwargs, dev, wall, checkpoint) -> dict:
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {"checkpoint": str(checkpoint), "checkpoint_file": str(model.path), "kind": model.kind,
+            "fingerprint": model.fingerprint, "reference": ref.describe() if ref is not None else None,
+            "dataset": data.dataset, "data_root": data.root, "n_train_images": len(data.train),
+            "n_test_images": len(data.test), "alphas": kwargs.get("alphas"), "seed": kwargs.get("seed"),
+            "device": str(dev), "device_name": device_name, "torch_threads": torch.get_num_threads(),
+            "wall_time_s": round(wall, 3), "imae_version": __version__, "torch_version": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _plain(x):
+    """JSON-ready: tuples -> lists, numpy/torch scalars -> floats, non-finite floats -> None."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.generic, torch.Tensor)) and np.ndim(x) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "__dataclass_fields__"):
+        return _plain(dict(vars(x)))
+    return x
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, options: dict,
+                 data_options: dict) -> Path:
+    """Write ``out/<what>.json`` (+ example images) and merge this evaluation into ``out/config.yaml``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    what = result["what"]
+    cfg_path = out / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+    if cfg and cfg.get("model", {}).get("fingerprint") != model.fingerprint:
+        raise RunDirError(f"{out} holds evaluations of another model (fingerprint "
+                          f"{cfg.get('model', {}).get('fingerprint')}, now {model.fingerprint}). Fix: choose "
+                          f"another --out folder for {model.path}")
+    body = dict(result)
+    examples = body.pop("examples", None)
+    if examples:
+        npz = out / f"{what}_examples.npz"
+        arrays = {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()}
+        tmp = npz.with_name(f".{npz.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, npz)
+        body["examples_file"] = npz.name
+    _atomic_write(out / f"{what}.json", json.dumps(_plain(body), indent=1) + "\n")
+    cfg = cfg or {"model": {"checkpoint": str(model.path), "kind": model.kind, "fingerprint": model.fingerprint,
+                            "teacher": model.teacher_path, "config": model.config.to_dict()}, "evaluations": {}}
+    cfg.setdefault("evaluations", {})[what] = _plain({
+        "options": {k: v for k, v in options.items() if k != "model_config"}, **data_options,
+        "reference": result["metadata"]["reference"], "device": result["metadata"]["device"]})
+    _atomic_write(cfg_path, yaml.safe_dump(_plain(cfg), sort_keys=False))
+    return out / f"{what}.json"

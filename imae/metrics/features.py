@@ -1,0 +1,229 @@
+"""Evaluation images, pairs and frozen-encoder features of clean images and of two-image mixtures.
+
+Features are the final LayerNorm output of the UNMASKED encoder (:meth:`forward_features`): ``cls`` is
+token 0, ``mean`` the mean of the patch tokens (cls excluded). Mixtures are made in NORMALISED pixel space,
+``x_mix = alpha * x_a + (1 - alpha) * x_b`` with ``x_a`` the subordinate image (``alpha <= 0.5``). Images
+are the un-augmented splits (the test split to score, the train split to fit probes), kept as uint8 and
+normalised batch by batch, so a whole CIFAR split costs 150 MB, not 600.
+
+Everything runs batched on the CPU or a CUDA device, with bf16 autocast on CUDA only; features come back
+as float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..config import RunConfig
+from ..data.augment import BatchAugment
+from ..data.datasets import dataset_info, first_per_class, load_arrays
+from ..data.pairs import ClassIndex, mix
+from ..errors import ConfigError
+
+POOLS = ("cls", "mean")
+PAIRINGS = ("different", "same", "random")
+
+
+@dataclass
+class Split:
+    """One split in memory. images: (N, 3, H, W) uint8; labels: (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    norm: BatchAugment  # train=False: normalisation only
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def normalized(self, idx: torch.Tensor, device) -> torch.Tensor:
+        return self.norm(self.images[idx].to(device, non_blocking=True))
+
+
+@dataclass
+class EvalData:
+    train: Split
+    test: Split
+    dataset: str
+    root: Optional[str]
+
+
+def load_eval_data(cfg: RunConfig, *, dataset: str | None = None, data_root: str | None = None,
+                   max_images: int | None = None) -> EvalData:
+    """The un-augmented train and test splits of the model's dataset.
+
+    Args:
+        cfg: the model's run config (dataset and data root unless overridden).
+        dataset, data_root: overrides.
+        max_images: keep at most this many images per split, the same number from every class (CPU runs).
+    """
+    name = dataset or cfg.data.dataset
+    root = data_root if data_root is not None else cfg.data.root
+    info = dataset_info(name)
+    if info.img_size != cfg.model.img_size:
+        raise ConfigError(f"dataset {name} has {info.img_size}px images but the model takes "
+                          f"{cfg.model.img_size}px; evaluate it on the dataset it was trained for (--dataset)")
+    if max_images is not None and max_images < info.num_classes:
+        raise ConfigError(f"max_images={max_images} is below the number of classes ({info.num_classes}); "
+                          f"pass at least {info.num_classes} (or None for the whole split)")
+    norm = BatchAugment(info.img_size, info.mean, info.std, train=False)
+    splits = []
+    for split in ("train", "test"):
+        a = load_arrays(name, split, root, download=cfg.data.download)
+        images, labels = a.images, a.labels
+        if max_images is not None and max_images < len(labels):
+            idx = first_per_class(labels, max_images // info.num_classes)
+            images, labels = images[idx], labels[idx]
+        splits.append(Split(images, labels, info.num_classes, norm, split))
+    return EvalData(splits[0], splits[1], name, None if root is None else str(root))
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+@dataclass(frozen=True)
+class Pairs:
+    """Index pairs into one split: ``a`` is the subordinate image, ``b`` the dominant one."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    pairing: str
+
+    def __len__(self) -> int:
+        return int(self.a.shape[0])
+
+
+def make_pairs(labels: torch.Tensor, n: int | None = None, *, pairing: str = "different", seed: int = 0) -> Pairs:
+    """Seeded pairs: every image is an anchor once (in a random order), ``n`` caps (or cycles) them.
+
+    Args:
+        labels: (N,) classes of the split.
+        n: number of pairs (None: one per image).
+        pairing: ``different`` (partner from another class; the metrics' default, so that the two class
+            labels always differ), ``same`` (same class) or ``random`` (any other image).
+        seed: pairs are a pure function of (labels, n, pairing, seed).
+    """
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"pairing={pairing!r} is unknown; choose one of {list(PAIRINGS)}")
+    if n is not None and n < 1:
+        raise ConfigError(f"n_pairs={n} must be a positive number of pairs (or None for one per image)")
+    g = torch.Generator().manual_seed(seed)
+    total = len(labels)
+    n = total if n is None else n
+    anchors = torch.cat([torch.randperm(total, generator=g) for _ in range(-(-n // total))])[:n]
+    u = torch.rand(n, generator=g)
+    if pairing == "random":
+        partners = (u * (total - 1)).long().clamp(max=total - 2)
+        partners = partners + (partners >= anchors).long()  # skip the anchor itself
+    else:
+        same = torch.full((n,), pairing == "same")
+        partners = ClassIndex(labels).partners(anchors, same, u)
+    return Pairs(anchors, partners, pairing)
+
+
+# --------------------------------------------------------------------------------------------- encoders
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on the CPU (where bf16 is slow and gains nothing)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pooled(tokens: torch.Tensor, pools: Sequence[str] = POOLS) -> dict[str, torch.Tensor]:
+    """tokens (N, 1 + L, D) -> {``cls``: (N, D), ``mean``: (N, D)} (the mean skips the cls token)."""
+    out = {}
+    for p in pools:
+        if p == "cls":
+            out[p] = tokens[:, 0]
+        elif p == "mean":
+            out[p] = tokens[:, 1:].mean(dim=1)
+        else:
+            raise ConfigError(f"pool={p!r} is unknown; choose from {list(POOLS)}")
+    return out
+
+
+def _chunks(n: int, batch_size: int):
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def encode(encoder, x: torch.Tensor) -> torch.Tensor:
+    """Unmasked tokens (N, 1 + L, D) as float32 (autocast on CUDA)."""
+    with autocast(x.device):
+        return encoder.forward_features(x).float()
+
+
+@torch.no_grad()
+def clean_features(encoder, split: Split, *, index: torch.Tensor | None = None, batch_size: int = 256,
+                   device="cpu", pools: Sequence[str] = POOLS) -> dict[str, torch.Tensor]:
+    """Pooled features of clean images: {pool: (N, D)} float32 on the CPU.
+
+    Args:
+        encoder: a frozen MAE.
+        split: the images.
+        index: which images (default all).
+        batch_size, device: batching.
+        pools: which poolings.
+    """
+    index = torch.arange(len(split)) if index is None else index
+    parts: dict[str, list] = {p: [] for p in pools}
+    for sl in _chunks(len(index), batch_size):
+        feats = pooled(encode(encoder, split.normalized(index[sl], device)), pools)
+        for p in pools:
+            parts[p].append(feats[p].cpu())
+    return {p: torch.cat(v) for p, v in parts.items()}
+
+
+TokenHook = Callable[[int, slice, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def mixture_features(encoder, split: Split, pairs: Pairs, alphas: Sequence[float], *, batch_size: int = 256,
+                     device="cpu", pools: Sequence[str] = POOLS, on_tokens: TokenHook | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Pooled features of mixtures at every alpha: {pool: (len(alphas), P, D)} float32 on the CPU.
+
+    Args:
+        encoder: a frozen MAE.
+        split, pairs: the images and which two make each mixture (``pairs.a`` is the subordinate).
+        alphas: subordinate weights; x_mix = alpha * x_a + (1 - alpha) * x_b in normalised pixel space.
+        batch_size, device, pools: as :func:`clean_features`.
+        on_tokens: called as ``on_tokens(k, rows, x_a, x_b, tokens)`` for alpha number ``k`` and every batch
+            (tokens (B, 1 + L, D) of the mixture), so callers can stream token-level statistics.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for sl in _chunks(len(pairs), batch_size):
+        x_a, x_b = split.normalized(pairs.a[sl], device), split.normalized(pairs.b[sl], device)
+        for k, alpha in enumerate(alphas):
+            tokens = encode(encoder, mix(x_a, x_b, float(alpha)))
+            if on_tokens is not None:
+                on_tokens(k, sl, x_a, x_b, tokens)
+            for p, f in pooled(tokens, pools).items():
+                if p not in out:
+                    out[p] = torch.empty(len(alphas), len(pairs), f.shape[-1])
+                out[p][k, sl] = f.cpu()
+    return out
+
+
+def check_alphas(alphas: Sequence[float]) -> list[float]:
+    """Validated subordinate weights, each in (0, 0.5]."""
+    try:
+        values = [float(a) for a in alphas]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"alphas={alphas!r} must be a list of numbers in (0, 0.5], e.g. 0.1 0.3 0.5") from e
+    if not values:
+        raise ConfigError("alphas is empty; pass at least one subordinate weight in (0, 0.5], e.g. 0.3")
+    for a in values:
+        if not 0.0 < a <= 0.5:
+            raise ConfigError(f"alpha={a} is outside (0, 0.5]: alpha is the SUBORDINATE image's weight, so the "
+                              f"other image gets 1 - alpha >= alpha. Fix: pass values like 0.1 0.3 0.5")
+    return values
+
+
+DEFAULT_ALPHAS = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05, 0.10, ..., 0.50

@@ -1,0 +1,332 @@
+"""Metrics: sanity cases every metric must pass, exact math checks, and end-to-end evaluation + CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from imae.errors import CheckpointError, ConfigError, RunDirError
+from imae.metrics import (PSNR_CAP, RIDGE_GRID, LoadedModel, clean_features, degree_of_semantics, evaluate,
+                          fit_ridge, knn_classifier, linear_classifier, linear_separability, load_eval_data,
+                          load_model, load_reference, make_pairs, psnr, r2_score, ssim)
+from imae.metrics.features import encode
+from imae.metrics.reconstruction import predicted_image
+from imae.metrics.separability import NoRefitScores
+from imae.models import MaskedAutoencoderViT
+
+WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
+FAST = {"separability": dict(alphas=[0.1, 0.4], n_pairs=60), "semantics": dict(alphas=[0.2], n_pairs=60),
+        "linear-probe": dict(max_images=100), "knn": {}, "finetune": dict(epochs=1, batch_size=64, max_images=100),
+        "reconstruction": dict(alphas=[0.1, 0.5], n_examples=2, n_pairs=40)}
+
+
+def _blobs(n_train: int, n_test: int, d: int, c: int, seed: int, spread: float = 10.0):
+    """Gaussian clusters (unit noise around centres of scale ``spread``): (x, y) for train and for test."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=g) * spread
+
+    def draw(n):
+        y = torch.arange(n) % c
+        return centres[y] + torch.randn(n, d, generator=g), y
+
+    return (*draw(n_train), *draw(n_test))
+
+
+# --------------------------------------------------------------------------------------------- ridge / R²
+def test_r2_is_variance_weighted():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(200, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1], dtype=torch.float64)
+    pred = y + 0.5 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    sse, sst = ((y - pred) ** 2).sum(), ((y - y.mean(0)) ** 2).sum()
+    assert r2_score(y, pred) == pytest.approx(float(1 - sse / sst), abs=1e-12)
+    assert r2_score(y, y) == 1.0
+    assert r2_score(y, y.mean(0).expand_as(y)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ridge_matches_direct_solve_and_lambda_comes_from_grid():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 12, generator=g)
+    y = x @ torch.randn(12, 4, generator=g) + torch.randn(300, 4, generator=g)
+    fit = fit_ridge(x, y, seed=0)
+    assert math.isfinite(fit.lam) and fit.lam > 0
+    assert fit.lam_rel in RIDGE_GRID and len(fit.val_r2) == len(RIDGE_GRID)
+    xd, yd = x.double(), y.double()
+    xc, yc = xd - xd.mean(0), yd - yd.mean(0)
+    direct = torch.linalg.solve(xc.T @ xc + fit.lam * torch.eye(12, dtype=torch.float64), xc.T @ yc)
+    assert torch.allclose(fit.coef, direct, atol=1e-8)
+    assert torch.allclose(fit.predict(x[:5]), xd[:5] @ direct + (yd.mean(0) - xd.mean(0) @ direct), atol=1e-8)
+
+
+def test_ridge_recovers_a_known_linear_mixture():
+    """X = A [Z_sub; Z_dom] + small noise: both sources are linearly recoverable (R² > 0.99)."""
+    g = torch.Generator().manual_seed(2)
+    z_sub, z_dom = torch.randn(1500, 8, generator=g), torch.randn(1500, 8, generator=g)
+    a = torch.randn(32, 16, generator=g)
+    x = torch.cat([z_sub, z_dom], 1) @ a.T + 0.01 * torch.randn(1500, 32, generator=g)
+    for z in (z_sub, z_dom):
+        fit = fit_ridge(x[:1000], z[:1000])
+        assert fit.score(x[1000:], z[1000:]) > 0.99
+
+
+def test_ridge_oracle_and_random_features(mae_run):
+    """The reference's own clean features regressed onto themselves: R² ≈ 1; independent noise: R² ≈ 0."""
+    m = load_model(mae_run)
+    data = load_eval_data(m.config)
+    y_fit, y_test = clean_features(m.mae, data.train)["mean"], clean_features(m.mae, data.test)["mean"]
+    assert fit_ridge(y_fit, y_fit).score(y_test, y_test) > 0.99
+    g = torch.Generator().manual_seed(3)
+    noise_fit, noise_test = torch.randn(len(y_fit), 32, generator=g), torch.randn(len(y_test), 32, generator=g)
+    assert abs(fit_ridge(noise_fit, y_fit).score(noise_test, y_test)) < 0.1
+
+
+# ------------------------------------------------------------------------------------- classifiers
+def test_linear_probe_and_knn_on_separable_clusters_and_random_labels():
+    x, y, xt, yt = _blobs(600, 300, 16, 5, seed=0)
+    lin = linear_classifier(x, y, xt, yt)
+    assert lin["accuracy"] > 0.99 and lin["weight_decay"] in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)
+    assert knn_classifier(x, y, xt, yt)["accuracy"] > 0.99
+    # labels drawn independently of the features, in train and test alike: chance (0.2) is all there is
+    g = torch.Generator().manual_seed(0)
+    y_rand, yt_rand = torch.randint(0, 5, y.shape, generator=g), torch.randint(0, 5, yt.shape, generator=g)
+    assert linear_classifier(x, y_rand, xt, yt_rand)["accuracy"] < 0.3
+    assert knn_classifier(x, y_rand, xt, yt_rand)["accuracy"] < 0.3
+
+
+def test_linear_classifier_reaches_the_logistic_optimum():
+    """The closed-form-gradient L-BFGS lands where sklearn's lbfgs does (same penalty, unstandardised check)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _, _ = _blobs(400, 1, 6, 3, seed=4, spread=0.7)
+    res = linear_classifier(x, y, x, y, weight_decays=(1e-2,), max_iter=500)
+    xs = (x - x.mean(0)) / x.std(0)
+    sk = LogisticRegression(C=1.0 / (1e-2 * len(x)), max_iter=5000).fit(xs.numpy(), y.numpy())
+    assert res["train_accuracy"] == pytest.approx(sk.score(xs.numpy(), y.numpy()), abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------ PSNR / SSIM
+def test_psnr_cap_and_known_noise():
+    x = torch.full((2, 3, 16, 16), 0.5)
+    assert torch.all(psnr(x, x) == PSNR_CAP)
+    noise = torch.where(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.5, 0.1, -0.1)
+    mse = float((noise.double() ** 2).mean())
+    assert torch.allclose(psnr(x + noise, x), torch.full((2,), 10 * math.log10(1 / mse), dtype=torch.float64))
+
+
+def test_ssim_identity_and_monotone_in_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-6)
+    scores = [float(ssim(x, (x + s * torch.randn(x.shape, generator=g)).clamp(0, 1)).mean())
+              for s in (0.02, 0.1, 0.3)]
+    assert 1 > scores[0] > scores[1] > scores[2]
+    with pytest.raises(ValueError, match="window"):
+        ssim(x[..., :8, :8], x[..., :8, :8])
+
+
+def test_norm_pix_prediction_is_denormalised_with_the_target_patch_stats():
+    mae = MaskedAutoencoderViT(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                               decoder_depth=1, decoder_num_heads=2, norm_pix_loss=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(predicted_image(mae, mae.target_patches(x), x), x, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+def test_pairs_follow_the_pairing_and_the_seed():
+    labels = torch.arange(60) % 6
+    diff = make_pairs(labels, pairing="different", seed=0)
+    assert len(diff) == 60 and torch.all(labels[diff.a] != labels[diff.b])
+    assert sorted(diff.a.tolist()) == list(range(60))  # every image is an anchor once
+    same = make_pairs(labels, 100, pairing="same", seed=0)
+    assert torch.all(labels[same.a] == labels[same.b]) and torch.all(same.a != same.b)
+    rnd = make_pairs(labels, pairing="random", seed=0)
+    assert torch.all(rnd.a != rnd.b)
+    assert torch.equal(make_pairs(labels, seed=5).b, make_pairs(labels, seed=5).b)
+    assert not torch.equal(make_pairs(labels, seed=5).b, make_pairs(labels, seed=6).b)
+    with pytest.raises(ConfigError, match="pairing='diff'"):
+        make_pairs(labels, pairing="diff")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def test_load_model_kinds_frozen_and_reference(mae_run, imae_run):
+    mae, imae = load_model(mae_run), load_model(imae_run)
+    assert (mae.kind, imae.kind) == ("mae", "imae") and mae.imae is None and imae.imae is not None
+    for m in (mae, imae):
+        assert not m.mae.training and not any(p.requires_grad for p in m.mae.parameters())
+    assert Path(imae.teacher_path) == Path(mae_run)
+    assert load_reference(imae).fingerprint == mae.fingerprint
+    assert load_reference(mae) is mae
+
+
+def test_load_bare_state_dict_needs_a_model_config(mae_run, tmp_path):
+    m = load_model(mae_run)
+    bare = tmp_path / "bare.pth"
+    torch.save(m.mae.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="model_config"):
+        load_model(bare)
+    ext = load_model(bare, model_config=m.config.model)
+    assert ext.kind == "mae" and ext.fingerprint.startswith("external:") and ext.decoder_loaded
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(encode(ext.mae, x), encode(m.mae, x))
+    enc_only = tmp_path / "enc.pth"
+    torch.save({"model": {k: v for k, v in m.mae.state_dict().items() if not k.startswith(("decoder", "mask_"))}},
+               enc_only)
+    assert not load_model(enc_only, model_config=m.config.model).decoder_loaded
+
+
+def test_imae_without_reachable_teacher_needs_reference(imae_run, mae_run, tmp_path, monkeypatch):
+    m = load_model(imae_run)
+    m.teacher_path = str(tmp_path / "gone")
+    with pytest.raises(ConfigError, match="--reference"):
+        load_reference(m)
+    assert load_reference(m, mae_run).kind == "mae"
+
+
+# ---------------------------------------------------------------------------------- metric sanity cases
+class NoiseEncoder(MaskedAutoencoderViT):
+    """A random-feature encoder: its tokens ignore the input."""
+
+    def forward_features(self, imgs):
+        return torch.randn(imgs.shape[0], 1 + self.num_patches, self.embed_dim, device=imgs.device)
+
+
+def test_random_feature_encoder_scores_zero_r2_and_chance_accuracy(mae_run):
+    ref = load_model(mae_run)
+    torch.manual_seed(0)
+    noise = NoiseEncoder(**_arch(ref.config.model)).eval()
+    fake = LoadedModel(noise, None, ref.config, "mae", Path("noise"), "noise")
+    data = load_eval_data(ref.config)
+    ls = linear_separability(fake, ref, data, alphas=[0.3], pools=("mean",))
+    for t in ("sub", "dom"):
+        assert abs(ls["ridge"]["mean"][t]["r2"][0]) < 0.1
+    ds = degree_of_semantics(fake, data, alphas=[0.3], pools=("mean",))
+    for t in ("sub", "dom"):
+        assert ds["accuracy"]["mean"][t][0] < 0.25  # 10 classes, 100 test pairs: chance 0.1
+    assert ds["clean_accuracy"]["mean"] < 0.25
+
+
+def _arch(m):
+    keys = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+            "decoder_depth", "decoder_num_heads", "mlp_ratio")
+    return {k: getattr(m, k) for k in keys}
+
+
+def test_oracle_encoder_scores_one(mae_run):
+    """An MAE is its own reference: its clean-image features map to the reference's with R² ≈ 1, and the
+    token-level no-refit score of the reference's exact targets is exactly 1."""
+    m = load_model(mae_run)
+    data = load_eval_data(m.config)
+    ls = linear_separability(m, m, data, alphas=[0.05, 0.5])
+    assert all(v > 0.99 for v in ls["clean_r2"].values())
+    assert ls["no_refit"]["head"] == "decoder_embed" and len(ls["no_refit"]["sub"]["r2"]) == 2
+    # feed the hook the clean subordinate's own tokens: heads == targets for 'sub'
+    scores = NoRefitScores(m, m.mae, 1)
+    x_sub, x_dom = data.test.normalized(torch.arange(8), "cpu"), data.test.normalized(torch.arange(8, 16), "cpu")
+    scores(0, slice(0, 8), x_sub, x_dom, encode(m.mae, x_sub))
+    res = scores.result()
+    assert res["sub"]["r2"][0] == pytest.approx(1.0, abs=1e-9)
+    assert res["sub"]["cosine"][0] == pytest.approx(1.0, abs=1e-6)
+    assert res["dom"]["r2"][0] < 0.9
+
+
+def test_no_refit_r2_matches_flattened_r2(mae_run):
+    m = load_model(mae_run)
+    data = load_eval_data(m.config)
+    scores = NoRefitScores(m, m.mae, 1)
+    heads, targets = [], []
+    for start in (0, 10):
+        idx_a, idx_b = torch.arange(start, start + 10), torch.arange(start + 30, start + 40)
+        x_a, x_b = data.test.normalized(idx_a, "cpu"), data.test.normalized(idx_b, "cpu")
+        tok = encode(m.mae, 0.3 * x_a + 0.7 * x_b)
+        scores(0, slice(start, start + 10), x_a, x_b, tok)
+        heads.append(m.mae.decoder_embed(tok).flatten(1))
+        targets.append(m.mae.decoder_embed(encode(m.mae, x_a)).flatten(1))
+    expected = r2_score(torch.cat(targets), torch.cat(heads))
+    assert scores.result()["sub"]["r2"][0] == pytest.approx(expected, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("run", ["mae_run", "imae_run"])
+def test_evaluate_every_what_writes_json(run, request, tmp_path):
+    ckpt = request.getfixturevalue(run)
+    out = tmp_path / "eval"
+    for what in WHATS:
+        res = evaluate(ckpt, what, out=out, device="cpu", seed=1, **FAST[what])
+        written = json.loads((out / f"{what}.json").read_text())
+        meta = written["metadata"]
+        assert written["what"] == what and meta["fingerprint"] == load_model(ckpt).fingerprint
+        assert meta["dataset"] == "cifar10" and meta["seed"] == 1 and meta["wall_time_s"] > 0
+        assert res["metadata"]["device"] == "cpu"
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert set(cfg["evaluations"]) == set(WHATS) and cfg["model"]["config"]["train"]["method"] == run[:-4]
+    sep = json.loads((out / "separability.json").read_text())
+    assert len(sep["ridge"]["cls"]["sub"]["r2"]) == 2 and sep["no_refit"]["head"] == (
+        "splitter" if run == "imae_run" else "decoder_embed")
+    rec = json.loads((out / "reconstruction.json").read_text())
+    assert (rec["imae"] is None) == (run == "mae_run") and rec["mae"] is not None
+    ex = np.load(out / rec["examples_file"])
+    keys = {k.split("/")[1] for k in ex.files}
+    assert {"x_sub", "x_dom", "x_mix", "mae", "mask"} <= keys
+    assert ({"imae_sub", "imae_dom"} <= keys) == (run == "imae_run")
+    assert ex["alpha0.1/x_mix"].shape == (2, 32, 32, 3) and 0 <= ex["alpha0.1/x_mix"].min() <= 1
+    ft = json.loads((out / "finetune.json").read_text())
+    assert len(ft["curve"]) == 1 and 0 <= ft["accuracy"] <= 1
+
+
+def test_finetune_leaves_the_loaded_model_untouched(mae_run):
+    m = load_model(mae_run)
+    before = {k: v.clone() for k, v in m.mae.state_dict().items()}
+    from imae.metrics import finetune
+
+    res = finetune(m.mae, load_eval_data(m.config), epochs=2, batch_size=64)
+    assert [c["epoch"] for c in res["curve"]] == [1, 2]
+    assert all(torch.equal(before[k], v) for k, v in m.mae.state_dict().items())
+
+
+def test_evaluate_rejects_user_mistakes(mae_run, imae_run, tmp_path):
+    with pytest.raises(ConfigError, match="'separabilty'.*separability"):
+        evaluate(mae_run, "separabilty")
+    with pytest.raises(ConfigError, match="alpha=0.7"):
+        evaluate(mae_run, "separability", alphas=[0.3, 0.7])
+    with pytest.raises(ConfigError, match="alpha=0.0"):
+        evaluate(mae_run, "reconstruction", alphas=[0.0])
+    with pytest.raises(ConfigError, match="'epochs'"):
+        evaluate(mae_run, "knn", epochs=3)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        evaluate(tmp_path / "missing", "knn")
+    evaluate(mae_run, "knn", out=tmp_path / "e")
+    with pytest.raises(RunDirError, match="another model"):
+        evaluate(imae_run, "knn", out=tmp_path / "e")
+
+
+def test_cli_evaluate(mae_run, tmp_path, capsys):
+    from imae.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["evaluate", "--checkpoint", str(mae_run), "--what", "knn,linear-probe", "--out", str(out),
+                 "--device", "cpu", "--seed", "2"]) == 0
+    assert json.loads((out / "knn.json").read_text())["metadata"]["seed"] == 2
+    assert (out / "linear-probe.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(mae_run), "--what", "separability", "--out", str(out),
+                 "--alphas", "0.25", "--n-pairs", "50"]) == 0
+    sep = json.loads((out / "separability.json").read_text())
+    assert sep["alphas"] == [0.25] and sep["n_test_pairs"] == 50
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(mae_run), "--what", "speed", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "what='speed'" in err and "separability" in err
+    assert main(["evaluate", "--checkpoint", str(mae_run), "--what", "knn", "--out", str(out),
+                 "--epochs", "2"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_classifiers_run_on_cuda():
+    x, y, _, _ = _blobs(400, 1, 8, 4, seed=0)
+    assert linear_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
+    assert knn_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
