@@ -85,6 +85,50 @@ def write_status(book_dir: Path) -> Path:
     return path
 
 
+def _fmt(x, spec: str) -> str:
+    return "" if x is None else format(x, spec)
+
+
+def write_performance(book_dir: Path) -> Path:
+    """``book/performance_tables.md`` from the benchmark JSON files in ``book/results/``
+    (``throughput_*.json`` from benchmarks/throughput.py, ``cpu_pipeline*.json`` from benchmarks/cpu_pipeline.py)."""
+    parts = []
+    for f in sorted((book_dir / "results").glob("throughput_*.json")):
+        r = json.loads(f.read_text())
+        parts += [f"**{r['preset']} preset on {r['device']}** ({r['device_type']}, torch {r['torch']}, "
+                  f"{r.get('threads', '?')} CPU threads, {r.get('data', 'synthetic')} data; MFU against "
+                  f"{r['peak_tflops']:.3g} TFLOP/s, {r['peak_source']}; source `results/{f.name}`)", "",
+                  "| method | path | batch | images/s | × faithful | GFLOP / image-step | MFU | peak memory (MB) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for row in r["rows"]:
+            mfu = "" if row.get("mfu") is None else f"{100 * row['mfu']:.1f} %"
+            parts.append(f"| {'i-MAE' if row['method'] == 'imae' else 'MAE'} | {row['path']} | {row['batch']} | "
+                         f"{row['img_per_s']:,.0f} | {_fmt(row.get('ratio'), '.2f')} | "
+                         f"{row['gflop_per_img']:.2f} | {mfu} | {row['peak_mem_mb']:,.0f} |")
+        proj = r.get("projection")
+        if proj:
+            parts += ["", f"Projected full CIFAR-10 reproduction at these rates (MAE 100 + i-MAE 100 epochs + "
+                          f"evaluation allowance): {proj['total_min']:.1f} min."]
+        parts.append("")
+    for f in sorted((book_dir / "results").glob("cpu_pipeline*.json")):
+        r = json.loads(f.read_text())
+        rows = []
+        for st in r.get("stages", []):
+            rows.append(f"| {st['stage']} | {st['seconds']:.1f} | {st['peak_rss_mb']:,.0f} |")
+            for ev in st.get("evaluations", []):
+                rows.append(f"| &nbsp;&nbsp;{ev['what']} ({ev['model']}) | {ev['seconds']:.1f} | |")
+        parts += [f"**Tiny preset end to end on the CPU** ({r.get('cpu', 'CPU')}, {r.get('threads', '?')} torch "
+                  f"threads, dataset {r.get('dataset', '?')}, torch {r.get('torch', '?')}; source "
+                  f"`results/{f.name}`): total {r['total_s']:.0f} s, peak resident memory "
+                  f"{r['peak_rss_mb']:,.0f} MB.", "", "| stage | seconds | peak RSS so far (MB) |",
+                  "| --- | ---: | ---: |", *rows, ""]
+    if not parts:
+        parts = ["No benchmark results are stored yet; run the commands above."]
+    path = book_dir / "performance_tables.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
 def build_book(root: Path, book_dir: Path | None = None, *, strict: bool = True) -> None:
     """``jupyter-book build <book> --all [-W -n --keep-going]``; raises on failure."""
     book_dir = book_dir or root / "book"
@@ -111,6 +155,7 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
         if name in names:
             run_notebook(name, params, root=root, out_dir=book)
     write_status(book)
+    write_performance(book)
     if build:
         build_book(root, book)
     return book
