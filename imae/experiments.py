@@ -29,8 +29,8 @@ PARAMETER_TYPES = {
     "preset": str, "dataset": Optional[str], "data_root": Optional[str], "runs_dir": Optional[str],
     "results_dir": Optional[str], "device": str, "mae_epochs": Optional[int], "imae_epochs": Optional[int],
     "same_prob": float, "overrides": dict, "alphas": list, "n_pairs": Optional[int], "n_train": Optional[int],
-    "n_test": Optional[int], "finetune_epochs": int, "same_probs": list, "seed": int, "mask_ratio": float,
-    "n_examples": int, "ablation_epochs": Optional[int],
+    "n_test": Optional[int], "finetune_epochs": int, "same_probs": list, "seed": int, "mask_ratio": Optional[float],
+    "n_examples": int, "ablation_epochs": Optional[int], "max_images": Optional[int], "pool": str,
 }
 
 
@@ -104,20 +104,122 @@ def _options_key(options: dict) -> str:
 
 
 def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
-    """Run an evaluation of a trained run once; later calls with the same options read the cached JSON."""
+    """Run an evaluation of a trained run once; later calls with the same options read the stored JSON.
+
+    The result folder is ``<run>/eval/<what>-<options hash>/`` (``<what>.json``, ``config.yaml`` and, for
+    reconstructions, the example images, returned under ``examples`` as {alpha: {name: array}}).
+    """
     from . import metrics
 
     run_dir = Path(run_dir)
     fp = read_run_config(run_dir).get("fingerprint", "unknown")
-    cache = run_dir / "eval" / f"{what}-{_options_key({'fp': fp, **options})}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    result = metrics.evaluate(run_dir, what, out=cache.parent / cache.stem, **options)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    os.replace(tmp, cache)
+    folder = run_dir / "eval" / f"{what}-{_options_key({'fp': fp, **options})}"
+    result_file = folder / f"{what}.json"
+    if not result_file.is_file():
+        metrics.evaluate(run_dir, what, out=folder, **options)
+    result = json.loads(result_file.read_text())
+    if result.get("examples_file"):
+        import numpy as np
+
+        with np.load(folder / result["examples_file"]) as z:
+            examples: dict = {}
+            for key in z.files:
+                alpha, name = key.split("/", 1)
+                examples.setdefault(float(alpha[len("alpha"):]), {})[name] = z[key]
+        result["examples"] = examples
     return result
+
+
+# i-MAE variants of the ablation chapter: what changes relative to the standard run.
+ABLATIONS = {
+    "standard": {},
+    "mask ratio 0.5": {"train.mask_ratio": 0.5},
+    "mask ratio 0.9": {"train.mask_ratio": 0.9},
+    "fixed alpha = 0.3": {"imae.alpha_mode": "fixed", "imae.alpha": 0.3},
+    "no distillation": {"imae.w_distill_sub": 0.0, "imae.w_distill_dom": 0.0},
+    "teacher sees the mixture": {"imae.teacher_input": "mixed"},
+    "norm-pix targets": {"model.norm_pix_loss": True},
+}
+
+
+def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_root=None, epochs=None,
+                   overrides: dict | None = None, runs_dir=None, device="auto", same_prob: float = 1.0) -> dict:
+    """One i-MAE per variant, all from the same MAE ``teacher``: {name: run dir}."""
+    common = {"dataset": dataset, "data.root": data_root, "train.device": device, "data.same_prob": same_prob,
+              **(overrides or {}), "train.epochs": epochs}
+    return {name: train(preset, "imae", runs_dir=runs_dir, teacher=teacher, **{**common, **change})
+            for name, change in variants.items()}
+
+
+def ablation_table(runs: dict, *, alphas=(0.1, 0.3), pool: str = "mean", **eval_options) -> "pd.DataFrame":
+    """For every i-MAE variant: LS ridge R² and splitter cosine of the subordinate, reconstruction PSNR of
+    both components (at each alpha), and the clean linear-probe accuracy."""
+    import pandas as pd
+
+    rows = {}
+    for name, run in runs.items():
+        sep = evaluate(run, "separability", alphas=list(alphas), **eval_options)
+        rec = evaluate(run, "reconstruction", alphas=list(alphas), n_examples=0, **eval_options)
+        probe = evaluate(run, "linear-probe", **{k: v for k, v in eval_options.items() if k != "n_pairs"})
+        row = {}
+        for k, a in enumerate(alphas):
+            row[f"LS sub R² (α={a})"] = sep["ridge"][pool]["sub"]["r2"][k]
+            if sep.get("no_refit"):
+                row[f"splitter cos sub (α={a})"] = sep["no_refit"]["sub"]["cosine"][k]
+            row[f"PSNR sub dB (α={a})"] = rec["imae"]["sub"]["psnr"][k]
+            row[f"PSNR dom dB (α={a})"] = rec["imae"]["dom"]["psnr"][k]
+        row["linear probe %"] = 100 * probe["accuracy"][pool]
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def curves(result: dict, metric: str, *, pool: str = "mean", models: dict | None = None) -> dict:
+    """{label: (alphas, values)} for :func:`imae.plots.metric_vs_alpha` from evaluation results.
+
+    Args:
+        result: {model label: evaluation result} (e.g. {"MAE": ..., "i-MAE": ...}).
+        metric: ``ls`` (ridge R²), ``no_refit_cos``, ``no_refit_r2``, ``ds`` (accuracy), ``ds_ratio``,
+            ``psnr`` or ``ssim``.
+    """
+    out = {}
+    for label, r in result.items():
+        for part in ("sub", "dom"):
+            if metric == "ls":
+                values = r["ridge"][pool][part]["r2"]
+            elif metric.startswith("no_refit"):
+                if not r.get("no_refit"):
+                    continue
+                values = r["no_refit"][part]["cosine" if metric.endswith("cos") else "r2"]
+            elif metric == "ds":
+                values = r["accuracy"][pool][part]
+            elif metric == "ds_ratio":
+                values = r["ratio"][pool][part]
+            elif metric in ("psnr", "ssim"):
+                values = r[label_key(label)][part][metric]
+            else:
+                raise ValueError(f"unknown metric {metric!r}")
+            out[f"{label}, {'subordinate' if part == 'sub' else 'dominant'}"] = (r["alphas"], values)
+    return out
+
+
+def label_key(label: str) -> str:
+    return {"i-MAE": "imae", "MAE": "mae", "mixture itself": "input"}[label]
+
+
+def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list[str]]:
+    """Image-grid rows from a reconstruction result's examples: {row label: [7 images]}, column titles.
+    The "visible" column is the mixture with the removed patches grey: all the encoder sees."""
+    import numpy as np
+
+    cols = [("x_sub", "subordinate"), ("x_dom", "dominant"), ("x_mix", "mixture"), ("visible", "visible to encoder"),
+            ("mae", "MAE recon."), ("imae_sub", "i-MAE sub."), ("imae_dom", "i-MAE dom.")]
+    rows = {}
+    for alpha, ex_ in sorted(result["examples"].items()):
+        mask = ex_["mask"][..., None]
+        ex_ = {**ex_, "visible": ex_["x_mix"] * (1 - mask) + 0.5 * mask}
+        for i in range(min(per_alpha, len(ex_["x_sub"]))):
+            rows[f"α={alpha:.1f} #{i + 1}"] = [np.asarray(ex_[k][i]) for k, _ in cols]
+    return rows, [t for _, t in cols]
 
 
 def hardware() -> str:

@@ -18,14 +18,17 @@ PALETTE = {"mae": "#4C72B0", "imae": "#DD8452", "sub": "#55A868", "dom": "#C44E5
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # in a kernel: the inline backend, whose formatter turns figures into PNGs
 
     plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                          "axes.spines.right": False, "font.size": 10})
     return plt
+
+
+def _done(fig):
+    """Detach the figure from pyplot so a notebook shows it only where it is glued (not again at cell end)."""
+    _plt().close(fig)
+    return fig
 
 
 def metrics_frame(run_dir) -> pd.DataFrame:
@@ -52,7 +55,7 @@ def loss_curves(runs: dict, *, smooth_steps: int | None = None):
         ax.set(title=title, xlabel="epoch", ylabel="loss (normalised-pixel MSE / feature MSE)", yscale="log")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _done(fig)
 
 
 def metric_vs_alpha(curves: dict, *, ylabel: str, title: str = "", ylim=None, chance: float | None = None):
@@ -76,7 +79,20 @@ def metric_vs_alpha(curves: dict, *, ylabel: str, title: str = "", ylim=None, ch
         ax.set_ylim(*ylim)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _done(fig)
+
+
+def line_curves(curves: dict, *, xlabel: str, ylabel: str, title: str = ""):
+    """Plain lines: {label: (xs, ys)}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for label, (xs, ys) in curves.items():
+        color = PALETTE["imae"] if "i-MAE" in label else PALETTE["mae"] if label.startswith("MAE") else None
+        ax.plot(xs, ys, marker="o", ms=3.5, label=label, color=color)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _done(fig)
 
 
 def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float = 1.3):
@@ -97,7 +113,7 @@ def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float 
             if r == 0 and col_titles:
                 ax.set_title(col_titles[c], fontsize=8)
     fig.tight_layout()
-    return fig
+    return _done(fig)
 
 
 def bars(table: pd.DataFrame, *, value: str, group: str, hue: str, ylabel: str, title: str = ""):
@@ -117,4 +133,22 @@ def bars(table: pd.DataFrame, *, value: str, group: str, hue: str, ylabel: str, 
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _done(fig)
+
+
+def ablation_panels(table: pd.DataFrame, *, index: str):
+    """One horizontal-bar panel per measurement column; the first row (the reference run) is highlighted."""
+    plt = _plt()
+    cols = [c for c in table.columns if c != index]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 0.45 * len(table) + 1.2), sharey=True,
+                             squeeze=False)
+    names = list(table[index])
+    colors = [PALETTE["imae"] if i == 0 else "#8c8c8c" for i in range(len(names))]
+    for ax, col in zip(axes[0], cols):
+        ax.barh(range(len(names)), table[col], color=colors)
+        ax.axvline(table[col].iloc[0], color=PALETTE["imae"], lw=1, ls=":")
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_title(col, fontsize=9)
+    fig.tight_layout()
+    return _done(fig)

@@ -1,0 +1,95 @@
+"""Every experiment notebook, executed end to end with papermill on a tiny model and the toy dataset, then the
+book built from those executed copies with -W; each chapter's HTML must hold its figures and every glued
+number must have resolved. Also: source notebooks are thin and output-free, and bad parameters fail clearly."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from imae.reproduce import NOTEBOOKS, build_book, run_notebook, write_performance, write_status
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_OVERRIDES = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
+                   "model.decoder_embed_dim": 32, "model.decoder_depth": 1, "model.decoder_num_heads": 2,
+                   "train.batch_size": 32}
+
+
+def _figures(nb_path: Path) -> int:
+    nb = nbformat.read(nb_path, as_version=4)
+    return sum(c.source.count("```{glue:figure}") for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.fixture(scope="module")
+def executed_book(toy_root, tmp_path_factory):
+    """A copy of the book whose notebooks are freshly executed on the toy data, built with -W."""
+    root = tmp_path_factory.mktemp("site")
+    shutil.copy(REPO / "_config.yml", root / "_config.yml")
+    book = root / "book"
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("*.ipynb", "results", "_build"))
+    params = {"preset": "tiny", "data_root": str(toy_root), "mae_epochs": 2, "imae_epochs": 2, "device": "cpu",
+              "overrides": MICRO_OVERRIDES, "runs_dir": str(root / "runs"), "results_dir": str(book / "results"),
+              "max_images": 100, "finetune_epochs": 1, "same_probs": [0.0, 1.0], "ablation_epochs": 1}
+    for name in NOTEBOOKS:
+        run_notebook(name, params, root=REPO, out_dir=book, log=lambda *a: None)
+    write_status(book)
+    write_performance(book)
+    build_book(root, book, strict=True)  # -W -n --keep-going: any warning (e.g. an unknown glue key) fails
+    return root
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
+    html = (executed_book / "_build" / "html" / f"{name}.html").read_text()
+    expected = _figures(REPO / "experiments" / f"{name}.ipynb")
+    assert expected >= 1
+    assert html.count("<img") == expected, f"{name}: {html.count('<img')} images for {expected} figures (each once)"
+    assert "{glue" not in html and "glue:text" not in html
+    assert "Rerun this chapter" in html and f"make figure NB={name}" in html
+    record = json.loads((executed_book / "book" / "results" / f"{name}.json").read_text())
+    assert record["notebook"] == name and record["runs"]
+
+
+def test_status_table_and_intro(executed_book):
+    status = (executed_book / "book" / "status_table.md").read_text()
+    for name in NOTEBOOKS:
+        assert f"({name}.ipynb)" in status
+    assert "not run yet" not in status and "cifar10" in status
+    intro = (executed_book / "_build" / "html" / "intro.html").read_text()
+    assert "<table" in intro and "pretrain.html" in intro
+
+
+def test_no_page_loads_anything_from_the_network(executed_book):
+    for page in (executed_book / "_build" / "html").glob("*.html"):
+        text = page.read_text()
+        scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
+        assert not scripts, f"{page.name} loads {scripts[:3]}"
+    assert (executed_book / "_build" / "html" / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_source_notebooks_are_thin_and_clean(name):
+    nb = nbformat.read(REPO / "experiments" / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for line in tagged[0].source.splitlines():
+        assert "#" in line, f"parameter line without a comment: {line}"
+    assert not any(re.search(r"^\s*(def|class)\s", c.source, re.M) for c in code), "no definitions in notebooks"
+
+
+def test_wrong_parameter_type_stops_the_notebook_with_a_clear_message(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(REPO / "experiments" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"mae_epochs": "ten"}, kernel_name="python3", cwd=str(REPO),
+                            progress_bar=False)
+    assert "mae_epochs must be a whole number, got 'ten' (str)" in str(e.value)
+    assert "-p mae_epochs 10" in str(e.value)
