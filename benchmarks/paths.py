@@ -86,7 +86,10 @@ class Stepper:
             set_fused_attention(self.teacher, not faithful)
         self.model.train()
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=1e-4,
-                                           betas=tuple(cfg.train.betas))
+                                           betas=tuple(cfg.train.betas), fused=device.type == "cuda" and not faithful)
+        # The released engine ran PyTorch 1.9, whose fp32 matmuls on Ampere/Hopper used TF32 by default
+        # (the default became strict fp32 in 1.12): the faithful baseline gets TF32 too, not a slower fp32.
+        self.tf32 = faithful
         self.amp = device.type == "cuda" and not faithful
         self.sync_each_step = faithful  # the released engine: loss.item() + finite check every step
         self.forward = self.model
@@ -117,6 +120,8 @@ class Stepper:
         return (batch["x_a"], batch["x_b"], lam), dict(mask_ratio=t.mask_ratio, noise=noise, teacher=self.teacher)
 
     def step(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
         args, kwargs = self.model_inputs(next(self.batches))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.forward(*args, **kwargs)

@@ -134,9 +134,10 @@ class RunConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "imae": IMAEConfig, "train": TrainConfig}
 _SECTION_NAMES = ["preset", *_SECTIONS]
 
-# Fields that change how a run executes but not what it computes: excluded from the fingerprint.
+# Fields that change how a run executes but not what it computes: excluded from the fingerprint. (The data
+# root is where the data lies, not which data; data.loader stays in: the two loaders resample differently.)
 _OPERATIONAL = {
-    "data.root", "data.num_workers", "data.download", "data.loader", "train.device", "train.log_every",
+    "data.root", "data.num_workers", "data.download", "train.device", "train.log_every",
     "train.ckpt_every", "train.compile", "train.nonfinite", "train.amp", "train.batched",
 }
 

@@ -58,11 +58,18 @@ def check_parameters(**params) -> dict:
 def standard_runs(preset: str, *, dataset=None, data_root=None, mae_epochs=None, imae_epochs=None,
                   same_prob: float = 1.0, overrides: dict | None = None, runs_dir=None, device="auto") -> dict:
     """The MAE teacher and the i-MAE trained on it, as every chapter uses them: {"mae": dir, "imae": dir}."""
-    common = {"dataset": dataset, "data.root": data_root, "train.device": device, **(overrides or {})}
-    mae = train(preset, "mae", runs_dir=runs_dir, **{**common, "train.epochs": mae_epochs})
+    mae = train(preset, "mae", runs_dir=runs_dir,
+                **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                     "train.epochs": mae_epochs}))
     imae = train(preset, "imae", runs_dir=runs_dir, teacher=mae,
-                 **{**common, "train.epochs": imae_epochs, "data.same_prob": same_prob})
+                 **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                      "train.epochs": imae_epochs, "data.same_prob": same_prob}))
     return {"mae": mae, "imae": imae}
+
+
+def _merge(overrides: dict | None, explicit: dict) -> dict:
+    """``overrides`` updated by the explicit notebook parameters that are set (None leaves the override)."""
+    return {**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}}
 
 
 def config_for(preset: str, method: str, *, teacher: str | os.PathLike | None = None, **overrides) -> RunConfig:
@@ -73,12 +80,13 @@ def config_for(preset: str, method: str, *, teacher: str | os.PathLike | None = 
 
 def run_dir_for(cfg: RunConfig, runs_dir=None) -> Path:
     """Where ``cfg`` trains: ``<runs>/<preset>-<method>-<fingerprint>``."""
+    from .checkpoint import checkpoint_path
+    from .train import teacher_fingerprint
+
     tfp = None
     if cfg.method == "imae" and cfg.imae.teacher:
-        teacher = Path(cfg.imae.teacher)
-        teacher_dir = teacher if teacher.is_dir() else teacher.parent
-        if (teacher_dir / "config.yaml").is_file():
-            tfp = read_run_config(teacher_dir).get("fingerprint")
+        path = checkpoint_path(cfg.imae.teacher)
+        tfp = teacher_fingerprint(load_checkpoint(path), path)
     return runs_root(runs_dir) / f"{cfg.preset}-{cfg.method}-{fingerprint(cfg, tfp)}"
 
 
@@ -112,8 +120,14 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
     from . import metrics
 
     run_dir = Path(run_dir)
-    fp = read_run_config(run_dir).get("fingerprint", "unknown")
-    folder = run_dir / "eval" / f"{what}-{_options_key({'fp': fp, **options})}"
+    from . import __version__
+    from .data.datasets import data_root as resolve_root
+
+    saved = read_run_config(run_dir)
+    root = options.get("data_root") or saved.get("config", {}).get("data", {}).get("root")
+    key = {"fp": saved.get("fingerprint", "unknown"), "version": __version__,
+           "data_root": str(resolve_root(root).resolve()), **options}
+    folder = run_dir / "eval" / f"{what}-{_options_key(key)}"
     result_file = folder / f"{what}.json"
     if not result_file.is_file():
         metrics.evaluate(run_dir, what, out=folder, **options)
@@ -145,15 +159,15 @@ ABLATIONS = {
 def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_root=None, epochs=None,
                    overrides: dict | None = None, runs_dir=None, device="auto", same_prob: float = 1.0) -> dict:
     """One i-MAE per variant, all from the same MAE ``teacher``: {name: run dir}."""
-    common = {"dataset": dataset, "data.root": data_root, "train.device": device, "data.same_prob": same_prob,
-              **(overrides or {}), "train.epochs": epochs}
+    common = _merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                "data.same_prob": same_prob, "train.epochs": epochs})
     return {name: train(preset, "imae", runs_dir=runs_dir, teacher=teacher, **{**common, **change})
             for name, change in variants.items()}
 
 
 def ablation_table(runs: dict, *, alphas=(0.1, 0.3), pool: str = "mean", **eval_options) -> "pd.DataFrame":
     """For every i-MAE variant: LS ridge R² and splitter cosine of the subordinate, reconstruction PSNR of
-    both components (at each alpha), and the clean linear-probe accuracy."""
+    both components over the removed patches (at each alpha), and the clean linear-probe accuracy."""
     import pandas as pd
 
     rows = {}
@@ -166,8 +180,8 @@ def ablation_table(runs: dict, *, alphas=(0.1, 0.3), pool: str = "mean", **eval_
             row[f"LS sub R² (α={a})"] = sep["ridge"][pool]["sub"]["r2"][k]
             if sep.get("no_refit"):
                 row[f"splitter cos sub (α={a})"] = sep["no_refit"]["sub"]["cosine"][k]
-            row[f"PSNR sub dB (α={a})"] = rec["imae"]["sub"]["psnr"][k]
-            row[f"PSNR dom dB (α={a})"] = rec["imae"]["dom"]["psnr"][k]
+            row[f"PSNR sub dB (α={a})"] = rec["imae"]["sub"]["psnr_masked"][k]
+            row[f"PSNR dom dB (α={a})"] = rec["imae"]["dom"]["psnr_masked"][k]
         row["linear probe %"] = 100 * probe["accuracy"][pool]
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -179,7 +193,7 @@ def curves(result: dict, metric: str, *, pool: str = "mean", models: dict | None
     Args:
         result: {model label: evaluation result} (e.g. {"MAE": ..., "i-MAE": ...}).
         metric: ``ls`` (ridge R²), ``no_refit_cos``, ``no_refit_r2``, ``ds`` (accuracy), ``ds_ratio``,
-            ``psnr`` or ``ssim``.
+            ``psnr`` / ``ssim`` (full image) or ``psnr_masked`` (removed patches only).
     """
     out = {}
     for label, r in result.items():
@@ -194,7 +208,7 @@ def curves(result: dict, metric: str, *, pool: str = "mean", models: dict | None
                 values = r["accuracy"][pool][part]
             elif metric == "ds_ratio":
                 values = r["ratio"][pool][part]
-            elif metric in ("psnr", "ssim"):
+            elif metric in ("psnr", "psnr_masked", "ssim"):
                 values = r[label_key(label)][part][metric]
             else:
                 raise ValueError(f"unknown metric {metric!r}")
@@ -218,14 +232,15 @@ def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list
         mask = ex_["mask"][..., None]
         ex_ = {**ex_, "visible": ex_["x_mix"] * (1 - mask) + 0.5 * mask}
         for i in range(min(per_alpha, len(ex_["x_sub"]))):
-            rows[f"α={alpha:.1f} #{i + 1}"] = [np.asarray(ex_[k][i]) for k, _ in cols]
+            rows[f"α={alpha:.2f} #{i + 1}"] = [np.asarray(ex_[k][i]) for k, _ in cols]
     return rows, [t for _, t in cols]
 
 
-def hardware() -> str:
-    """A short description of the device this process computes on."""
-    if torch.cuda.is_available():
-        return f"1x {torch.cuda.get_device_name(0)}"
+def hardware(device: str | torch.device | None = None) -> str:
+    """A short description of ``device`` (default: the one this process computes on)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return f"1x {torch.cuda.get_device_name(device)}"
     cpu = platform.processor() or platform.machine()
     return f"CPU ({os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} threads)"
 
@@ -242,6 +257,7 @@ def describe_run(run_dir: str | os.PathLike) -> dict:
     return {"run": run_dir.name, "method": cfg.method, "preset": cfg.preset, "dataset": cfg.data.dataset,
             "train_images": f"first {subset}/class" if subset else "all", "epochs": cfg.train.epochs,
             "batch_size": cfg.train.batch_size, "wall_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
+            "hardware": ckpt.get("hardware", "unknown"),
             "fingerprint": saved.get("fingerprint")}
 
 
@@ -261,9 +277,14 @@ def loss_summary(run_dir: str | os.PathLike) -> "pd.DataFrame":
 
 
 def provenance(notebook: str, runs: dict[str, str | os.PathLike], **extra) -> dict:
-    """The record a notebook writes next to its results: which runs, on what, when."""
+    """The record a notebook writes next to its results: which runs (each once), trained on what, when;
+    ``hardware`` is where this notebook's evaluations ran."""
+    unique = {}
+    for name, run in runs.items():
+        if Path(run).resolve() not in {Path(r).resolve() for r in unique.values()}:
+            unique[name] = run
     return {"notebook": notebook, "hardware": hardware(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "runs": {k: describe_run(v) for k, v in runs.items()}, **extra}
+            "date": time.strftime("%Y-%m-%d"), "runs": {k: describe_run(v) for k, v in unique.items()}, **extra}
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

@@ -58,20 +58,24 @@ def loss_curves(runs: dict, *, smooth_steps: int | None = None):
     return _done(fig)
 
 
+MODEL_COLORS = {"MAE": PALETTE["mae"], "i-MAE": PALETTE["imae"], "mixture itself": "#8c8c8c"}
+
+
 def metric_vs_alpha(curves: dict, *, ylabel: str, title: str = "", ylim=None, chance: float | None = None):
     """Lines of a metric against the subordinate weight alpha.
 
     Args:
-        curves: {label: (alphas, values)}; labels containing "sub"/"dom" get dashed/solid lines.
+        curves: {"<model>, subordinate|dominant": (alphas, values)} as :func:`imae.experiments.curves` gives:
+            the model picks the colour, the component the line (subordinate solid, dominant dashed).
         ylabel, title: axis texts.
         chance: draw a horizontal chance line.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for label, (alphas, values) in curves.items():
-        style = "--" if "dom" in label else "-"
-        color = PALETTE["imae"] if "i-MAE" in label else PALETTE["mae"]
-        ax.plot(alphas, values, style, marker="o", ms=3.5, color=color, label=label)
+        model, _, part = label.rpartition(", ")
+        style = {"subordinate": "-", "dominant": "--"}.get(part, "-")
+        ax.plot(alphas, values, style, marker="o", ms=3.5, color=MODEL_COLORS.get(model), label=label)
     if chance is not None:
         ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
     ax.set(xlabel=r"subordinate weight $\alpha$", ylabel=ylabel, title=title)
@@ -87,8 +91,7 @@ def line_curves(curves: dict, *, xlabel: str, ylabel: str, title: str = ""):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for label, (xs, ys) in curves.items():
-        color = PALETTE["imae"] if "i-MAE" in label else PALETTE["mae"] if label.startswith("MAE") else None
-        ax.plot(xs, ys, marker="o", ms=3.5, label=label, color=color)
+        ax.plot(xs, ys, marker="o", ms=3.5, label=label, color=MODEL_COLORS.get(label))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -35,6 +35,9 @@ def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> d
     pfile = root / "experiments" / "params" / f"{preset}.yaml"
     if pfile.is_file():
         params.update(yaml.safe_load(pfile.read_text()) or {})
+    elif preset != "tiny":  # the notebooks' defaults are the tiny preset's evaluation sizes
+        raise ImaeError(f"no notebook parameters for preset {preset!r}: write {pfile} (see "
+                        f"experiments/params/cifar.yaml) so the evaluations are sized for it")
     params.update(extra or {})
     return params
 
@@ -64,7 +67,7 @@ def write_status(book_dir: Path) -> Path:
     for name in NOTEBOOKS:
         rec_file = book_dir / "results" / f"{name}.json"
         if not rec_file.is_file():
-            rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | not run yet | | | | | |")
+            rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | not run yet | | | | | | |")
             continue
         rec = json.loads(rec_file.read_text())
         runs = rec.get("runs", {})
@@ -72,11 +75,13 @@ def write_status(book_dir: Path) -> Path:
         epochs = " / ".join(f"{k}: {v['epochs']}" for k, v in runs.items())
         wall = sum(v.get("wall_time_s", 0) for v in runs.values())
         data = f"{first.get('dataset', '?')} ({first.get('train_images', '?')} train images)"
+        trained_on = ", ".join(sorted({v.get("hardware", "unknown") for v in runs.values()}))
         rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | {first.get('preset', '?')} | {data} | "
-                    f"{rec.get('hardware', '?')} | {epochs} | {wall:.0f} s | {rec.get('date', '?')} |")
+                    f"{trained_on} | {rec.get('hardware', '?')} | {epochs} | {wall:.0f} s | "
+                    f"{rec.get('date', '?')} |")
     text = "\n".join([
-        "| chapter | preset | dataset | hardware | epochs per run | training time | date |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| chapter | preset | dataset | trained on | evaluated on | epochs per run | training time | date |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ])

@@ -85,12 +85,17 @@ def load_teacher(cfg: RunConfig, device) -> tuple[MaskedAutoencoderViT, str]:
                 f"the teacher with the same preset (teacher preset: {tcfg.get('preset')}, student: {cfg.preset})")
         if not ckpt.get("finished"):
             print(f"warning: teacher {path} is an unfinished run (step {ckpt.get('step')})", file=sys.stderr)
-        tfp = ckpt["fingerprint"]
-    else:
-        tfp = f"external:{path.name}:{path.stat().st_size}"
     teacher = mae_from_config(cfg.model)
     load_mae_weights(teacher, mae_state_dict(ckpt), source=str(path))
-    return freeze_teacher(teacher).to(device), tfp
+    return freeze_teacher(teacher).to(device), teacher_fingerprint(ckpt, path)
+
+
+def teacher_fingerprint(ckpt: dict, path: Path) -> str:
+    """What identifies a teacher in its student's fingerprint: its run's fingerprint (and step while
+    unfinished: the finished teacher is another teacher), or the name and size of an external file."""
+    if is_imae_checkpoint(ckpt):
+        return ckpt["fingerprint"] if ckpt.get("finished") else f"{ckpt['fingerprint']}@step{ckpt.get('step')}"
+    return f"external:{path.name}:{path.stat().st_size}"
 
 
 def build_model(cfg: RunConfig, teacher: MaskedAutoencoderViT | None) -> torch.nn.Module:
@@ -156,6 +161,9 @@ class Trainer:
         self.step, self.epoch, self.batch, self.elapsed = 0, 0, 0, 0.0
         self.last_good: int | None = None
         self.keys = ["loss", *(["loss_rec"] if cfg.method == "mae" else IMAE.LOSS_TERMS)]
+        world = f"{info.world}x " if info.enabled else ""
+        self.hardware = world + (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else
+                                 f"CPU ({torch.get_num_threads()} threads)")
         self.ddp = None
         if info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -176,6 +184,7 @@ class Trainer:
                               *np.random.get_state()[2:]],
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "teacher": {"path": str(self.cfg.imae.teacher)} if self.cfg.method == "imae" else None,
+            "hardware": self.hardware,
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -191,6 +200,11 @@ class Trainer:
             torch.set_rng_state(rng["torch"])
         if rng.get("python"):
             random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
+        if rng.get("numpy"):
+            kind, keys, *rest = rng["numpy"]
+            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.last_good = self.step
         self.metrics.truncate_after(self.step)
 
@@ -241,7 +255,12 @@ class Trainer:
         if self.info.enabled:
             torch.distributed.all_reduce(acc)
             acc = acc / self.info.world
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            # the earliest bad step over the processes that saw one (the terms are this process's, if any)
+            step = torch.where(bad[0] > 0, bad[1], torch.full_like(bad[1], float("inf"))).reshape(1)
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
+            flag = bad[:1].clone()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = torch.cat([flag, step, bad[2:]])
         acc, bad = (acc / self._acc_n).tolist(), bad.tolist()
         now = time.perf_counter()
         self.elapsed += now - self._t0
@@ -338,10 +357,14 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
     run_dir = open_run_dir(out, cfg, fp, derived=derived(cfg, info.world), overwrite=overwrite,
                            write=info.is_main)
     barrier(info)  # the other processes read the directory only once the main one has prepared it
-    restarted = False
+    if not resume and info.is_main:  # start over: what is there belongs to this config, but is not wanted
+        for name in ("checkpoint.pt", "metrics.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    barrier(info)
+    event = None
     while True:
         ckpt = None
-        if resume and (run_dir / "checkpoint.pt").exists():
+        if (run_dir / "checkpoint.pt").exists():
             ckpt = load_checkpoint(run_dir / "checkpoint.pt")
             if ckpt.get("finished"):
                 return run_dir
@@ -350,14 +373,16 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
             trainer.load_state_dict(ckpt)
         elif info.is_main:
             trainer.metrics.reset()
+        if event is not None:
+            trainer.metrics.write(event)
         try:
             trainer.fit()
             return run_dir
         except NonFiniteLossError as e:
-            if cfg.train.nonfinite != "restart-fp32" or not trainer.amp or restarted:
+            if cfg.train.nonfinite != "restart-fp32" or not trainer.amp or event is not None:
                 raise
-            print(f"warning: {e}\nrestarting from the last good checkpoint in fp32", file=sys.stderr)
-            trainer.metrics.write({"step": trainer.last_good or 0, "event": "restart-fp32", "bad_step": e.step})
+            where = f"the checkpoint of step {trainer.last_good}" if trainer.last_good is not None else "the start"
+            print(f"warning: {e}\nrestarting from {where} in fp32", file=sys.stderr)
+            event = {"step": trainer.last_good or 0, "event": "restart-fp32", "bad_step": e.step}
             cfg = copy.deepcopy(cfg)
             cfg.train.amp = "off"
-            restarted, resume = True, True

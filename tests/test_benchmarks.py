@@ -35,13 +35,16 @@ def test_cpu_pipeline_smoke_writes_json(toy_root, tmp_path):
     out = tmp_path / "pipe.json"
     res = cpu_pipeline.main(["--dataset", "cifar10", "--data-root", str(toy_root), "--json", str(out),
                              "--out-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
-                             "--set", "train.batch_size=100", "--set", "data.subset_per_class=null"])
+                             "--set", "train.batch_size=100", "--set", "data.subset_per_class=null",
+                             "--eval-what", "knn", "reconstruction"])
     data = json.loads(out.read_text())
     names = [s["stage"] for s in data["stages"]]
     assert names == ["mae", "imae", "evaluate"]
     assert data["stages"][0]["steps"] == 2 and data["stages"][1]["steps"] == 2
     assert data["total_s"] > 0 and data["peak_rss_mb"] > 0
-    assert res["stages"][2].get("skipped") or "result" in res["stages"][2]
+    evals = res["stages"][2]["evaluations"]  # this checkout has imae.metrics: the real evaluations ran
+    assert [(e["model"], e["what"]) for e in evals] == [(m, w) for m in ("mae", "imae") for w in ("knn", "reconstruction")]
+    assert not [e for e in evals if "error" in e]
 
 
 def test_cpu_pipeline_times_every_evaluation_of_a_metrics_module(tmp_path):

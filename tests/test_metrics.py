@@ -330,3 +330,18 @@ def test_classifiers_run_on_cuda():
     x, y, _, _ = _blobs(400, 1, 8, 4, seed=0)
     assert linear_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
     assert knn_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
+
+
+def test_psnr_masked_scores_only_the_removed_pixels():
+    from imae.metrics.reconstruction import PSNR_CAP, psnr_masked
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 8, 8, generator=g)
+    mask = torch.zeros(2, 8, 8)
+    mask[:, :4] = 1  # the top half was removed
+    pred = truth.clone()
+    pred[:, :, 4:] += 0.5  # errors only where the encoder saw the pixels
+    assert torch.allclose(psnr_masked(pred, truth, mask), torch.full((2,), PSNR_CAP, dtype=torch.float64))
+    pred = truth.clone()
+    pred[:, :, :4] += 0.1  # a known error on the removed half: MSE 0.01 -> 20 dB
+    assert torch.allclose(psnr_masked(pred, truth, mask), torch.full((2,), 20.0, dtype=torch.float64))

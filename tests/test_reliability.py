@@ -231,3 +231,12 @@ def test_official_checkpoint_namespace_is_allowed(tmp_path):
     save_checkpoint({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4, model="mae")}, path)
     ckpt = load_checkpoint(path)
     assert ckpt["args"].lr == 1e-4 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+
+
+def test_restart_fp32_before_any_checkpoint_starts_over_and_keeps_the_event(toy_root, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 1, only_under_autocast=True)
+    cfg = micro(toy_root, **{"train.amp": "bf16", "train.nonfinite": "restart-fp32"})
+    run = pretrain(cfg, tmp_path / "run", progress=False)
+    recs = read_metrics(run)
+    assert recs[0] == {"step": 0, "event": "restart-fp32", "bad_step": 1}
+    assert [r["step"] for r in recs[1:]] == list(range(1, 13)) and load_checkpoint(run)["finished"]

@@ -27,9 +27,11 @@ class ClassIndex:
         self.count = torch.bincount(labels, minlength=num_classes)
         self.start = torch.cumsum(self.count, 0) - self.count
         self.n = labels.numel()
+        self.rank = torch.empty_like(self.order)  # position of every image in the class-grouped order
+        self.rank[self.order] = torch.arange(self.n, device=labels.device)
 
     def to(self, device) -> "ClassIndex":
-        for k in ("labels", "order", "count", "start"):
+        for k in ("labels", "order", "count", "start", "rank"):
             setattr(self, k, getattr(self, k).to(device))
         return self
 
@@ -48,7 +50,7 @@ class ClassIndex:
         # same class: a uniform position among the class's other images (skip the anchor's own slot)
         others = (count - 1).clamp(min=1)
         pos = (u * others).long().clamp(max=others - 1)
-        rank_of_anchor = self._rank_in_class(anchors, y)
+        rank_of_anchor = self.rank[anchors] - start
         pos = torch.where((count > 1) & (pos >= rank_of_anchor), pos + 1, pos)
         same_idx = self.order[start + pos.clamp(max=count - 1)]
         # different class: uniform over the N - count images outside the class, skipping its block
@@ -57,13 +59,6 @@ class ClassIndex:
         r = torch.where(r >= start, r + count, r)
         diff_idx = self.order[r.clamp(max=self.n - 1)]
         return torch.where(same, same_idx, diff_idx)
-
-    def _rank_in_class(self, anchors: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "_rank"):
-            rank = torch.empty_like(self.order)
-            rank[self.order] = torch.arange(self.n, device=self.order.device)
-            self._rank = rank
-        return self._rank[anchors] - self.start[y]
 
 
 def draw_partners(index: ClassIndex, anchors: torch.Tensor, same_prob: float,
@@ -100,7 +95,8 @@ def mix(x_a: torch.Tensor, x_b: torch.Tensor, lam: torch.Tensor | float) -> torc
 
 
 def route(x_a: torch.Tensor, x_b: torch.Tensor, lam: torch.Tensor | float):
-    """(x_sub, x_dom, alpha): the subordinate is the image with the smaller weight; a tie makes x_a dominant."""
+    """(x_sub, x_dom, alpha): the subordinate is the image with the smaller weight. A tie (lambda = 0.5) makes
+    x_a dominant (the released code's argmin would make it subordinate; at a tie the two are interchangeable)."""
     lam_t = _per_sample(lam, x_a)
     a_is_sub = lam_t < 0.5
     x_sub = torch.where(a_is_sub, x_a, x_b)
@@ -141,14 +137,17 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         tf = self.transform or (lambda img: img)
-        torch.manual_seed(mix_seed(self.seed + 1, self.epoch, i))  # torchvision draws from the global RNG
         img_a, y_a = self.base[i]
-        if not self.pairs:
-            return tf(img_a), y_a
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i))
-        j = int(draw_partners(self.index, torch.tensor([i]), self.same_prob, g)[0])
-        img_b, y_b = self.base[j]
-        return tf(img_a), tf(img_b), y_a, y_b
+        if self.pairs:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i))
+            j = int(draw_partners(self.index, torch.tensor([i]), self.same_prob, g)[0])
+            img_b, y_b = self.base[j]
+        # torchvision's transforms draw from the global RNG: seed it per item, without disturbing the caller's
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed + 1, self.epoch, i))
+            if not self.pairs:
+                return tf(img_a), y_a
+            return tf(img_a), tf(img_b), y_a, y_b
 
 
 def mix_seed(*parts: int) -> int:

@@ -2,7 +2,9 @@
 
 Held-out mixtures ``x_mix = alpha * x_sub + (1 - alpha) * x_dom`` (test split, normalised pixel space) are
 masked with a SEEDED random mask (the same noise for every alpha and every model), encoded and decoded. The
-FULL predicted image is scored (visible patches too), after de-normalisation to [0, 1] and clamping:
+predicted image is scored after de-normalisation to [0, 1] and clamping, twice: over the FULL image (``psnr``,
+``ssim``; visible patches too, whose prediction no loss trains) and over the REMOVED patches only
+(``psnr_masked``: the reconstruction of hidden content, what the training loss scores):
 
 * i-MAE: branch ``sub`` against x_sub, branch ``dom`` against x_dom;
 * MAE (the evaluated MAE, or for an i-MAE its reference/teacher): its single reconstruction against each;
@@ -37,6 +39,14 @@ PSNR_CAP = 100.0
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB of (N, C, H, W) images, capped at :data:`PSNR_CAP` (identical images)."""
     mse = ((x.double() - y.double()) ** 2).flatten(1).mean(dim=1)
+    return (10.0 * torch.log10(data_range ** 2 / mse)).clamp(max=PSNR_CAP)
+
+
+def psnr_masked(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR over the pixels where ``mask`` (N, H, W) is 1, capped like :func:`psnr`."""
+    m = mask.to(x.device, torch.float64).unsqueeze(1)
+    se = ((x.double() - y.double()) ** 2 * m).flatten(1).sum(dim=1)
+    mse = se / (m.flatten(1).sum(dim=1) * x.shape[1]).clamp(min=1)
     return (10.0 * torch.log10(data_range ** 2 / mse)).clamp(max=PSNR_CAP)
 
 
@@ -97,6 +107,13 @@ def reconstruct(mae, imae, x_mix: torch.Tensor, mask_ratio: float, noise: torch.
         return pred_sub, pred_dom, mask
 
 
+def _removed_pixels(mae, noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """(N, H, W) pixel mask (1 = removed) of the mask that ``noise`` gives every model (see random_masking)."""
+    keep = int(noise.shape[1] * (1 - mask_ratio))
+    ranks = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+    return _mask_image(mae, (ranks >= keep).float())
+
+
 def _mask_image(mae, mask: torch.Tensor) -> torch.Tensor:
     """(N, L) patch mask -> (N, H, W) pixel mask (1 = removed)."""
     p = mae.patch_embed.patch_size
@@ -125,8 +142,8 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
         n_examples: example pairs returned per example alpha (0: none).
         example_alphas: the alphas of the examples.
     Returns:
-        ``alphas``, ``mask_ratio``, ``imae`` / ``mae`` / ``input``: {sub|dom: {psnr, ssim} (lists over
-        alphas)} (``imae`` None for an MAE), ``norm_pix`` flags, ``psnr_cap``, and ``examples``
+        ``alphas``, ``mask_ratio``, ``imae`` / ``mae`` / ``input``: {sub|dom: {psnr, psnr_masked, ssim} (lists
+        over alphas)} (``imae`` None for an MAE), ``norm_pix`` flags, ``psnr_cap``, and ``examples``
         {alpha: {x_sub, x_dom, x_mix, mae, imae_sub, imae_dom: (n, H, W, 3) float32 in [0, 1], mask (n, H, W)}}.
     """
     alphas = check_alphas(alphas)
@@ -144,8 +161,8 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
     pairs = make_pairs(split.labels, n_pairs, pairing=pairing, seed=seed)
     noise = torch.rand(len(pairs), model.mae.num_patches, generator=torch.Generator().manual_seed(seed + 7))
     names = ["input"] + (["mae"] if mae_model is not None else []) + (["imae"] if imae is not None else [])
-    sums = {n: {t: {"psnr": [0.0] * len(alphas), "ssim": [0.0] * len(alphas)} for t in ("sub", "dom")}
-            for n in names}
+    measures = ("psnr", "psnr_masked", "ssim")
+    sums = {n: {t: {m: [0.0] * len(alphas) for m in measures} for t in ("sub", "dom")} for n in names}
     for start in range(0, len(pairs), batch_size):
         sl = slice(start, min(start + batch_size, len(pairs)))
         x_sub, x_dom = split.normalized(pairs.a[sl], device), split.normalized(pairs.b[sl], device)
@@ -153,12 +170,14 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
         nz = noise[sl].to(device)
         for k, alpha in enumerate(alphas):
             images = _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, nz, split)
+            removed = images["removed"]
             for n in names:
                 for t in ("sub", "dom"):
                     img = images[n][t]
                     sums[n][t]["psnr"][k] += float(psnr(img, truth[t]).sum())
+                    sums[n][t]["psnr_masked"][k] += float(psnr_masked(img, truth[t], removed).sum())
                     sums[n][t]["ssim"][k] += float(ssim(img, truth[t]).sum())
-    scores = {n: {t: {m: [v / len(pairs) for v in sums[n][t][m]] for m in ("psnr", "ssim")}
+    scores = {n: {t: {m: [v / len(pairs) for v in sums[n][t][m]] for m in measures}
                   for t in ("sub", "dom")} for n in names}
     examples = {}
     if n_examples:
@@ -166,7 +185,7 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
         x_sub, x_dom = split.normalized(pairs.a[sl], device), split.normalized(pairs.b[sl], device)
         for alpha in example_alphas:
             examples[str(alpha)] = _example(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise[sl].to(device),
-                                            split, model.mae)
+                                            split)
     return {"alphas": alphas, "mask_ratio": mask_ratio, "pairing": pairing, "n_pairs": len(pairs),
             "imae": scores.get("imae"), "mae": scores.get("mae"), "input": scores["input"],
             "mae_source": None if mae_model is None else ("model" if mae_model is model else "reference"),
@@ -179,7 +198,8 @@ def _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> d
     """Every scored image in [0, 1]: {input|mae|imae: {sub|dom: (B, C, H, W)}}."""
     x_mix = mix(x_sub, x_dom, float(alpha))
     mixed = to_unit(split, x_mix)
-    out = {"input": {"sub": mixed, "dom": mixed}}
+    mae_any = mae_model.mae if mae_model is not None else imae.mae
+    out = {"input": {"sub": mixed, "dom": mixed}, "removed": _removed_pixels(mae_any, noise, mask_ratio)}
     if mae_model is not None:
         pred, _, _ = reconstruct(mae_model.mae, None, x_mix, mask_ratio, noise)
         m = mae_model.mae
@@ -192,15 +212,14 @@ def _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> d
     return out
 
 
-def _example(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split, mae) -> dict:
+def _example(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> dict:
     images = _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split)
 
     def hwc(t):
         return t.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
 
-    _, mask, _ = mae.random_masking(noise.new_zeros(*noise.shape, 1), mask_ratio, noise)  # as the models drew it
     ex = {"x_sub": hwc(to_unit(split, x_sub)), "x_dom": hwc(to_unit(split, x_dom)),
-          "x_mix": hwc(images["input"]["sub"]), "mask": _mask_image(mae, mask).cpu().numpy().astype(np.float32)}
+          "x_mix": hwc(images["input"]["sub"]), "mask": images["removed"].cpu().numpy().astype(np.float32)}
     if "mae" in images:
         # With norm-pix the single reconstruction is de-normalised per component; show the dominant's version.
         ex["mae"] = hwc(images["mae"]["dom"])

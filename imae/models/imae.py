@@ -48,7 +48,11 @@ class IMAE(nn.Module):
         self.init_splitter_from_decoder_embed()
         # The splitter replaces decoder_embed on the student's path; keep it (strict MAE loading) but frozen.
         mae.decoder_embed.requires_grad_(False)
-        w = {"w_rec_sub": 1.0, "w_rec_dom": 1.0, "w_distill_sub": 1.0, "w_distill_dom": 1.0, **(weights or {})}
+        w = {"w_rec_sub": 1.0, "w_rec_dom": 1.0, "w_distill_sub": 1.0, "w_distill_dom": 1.0}
+        unknown = set(weights or {}) - set(w)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(w)}")
+        w.update(weights or {})
         self.weights = w
         self.teacher_input, self.batched = teacher_input, batched
 

@@ -1,0 +1,117 @@
+"""The notebooks' library side: parameter checks, cached runs and evaluations, provenance, status, plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import imae.experiments as ex
+from imae.errors import ConfigError, ImaeError
+from imae.reproduce import notebook_parameters, repo_root, write_status
+
+from .conftest import micro
+
+MICRO = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
+         "model.decoder_embed_dim": 32, "model.decoder_depth": 1, "model.decoder_num_heads": 2,
+         "train.batch_size": 32, "train.device": "cpu"}
+
+
+def test_parameter_types_are_checked_by_name():
+    ex.check_parameters(preset="tiny", mae_epochs=None, same_prob=1, overrides={}, same_probs=[0.0])
+    with pytest.raises(ConfigError, match=r"mae_epochs must be a whole number, got 'ten' \(str\).*-p mae_epochs 10"):
+        ex.check_parameters(mae_epochs="ten")
+    with pytest.raises(ConfigError, match="overrides must be a dict"):
+        ex.check_parameters(overrides="x")
+    with pytest.raises(ConfigError, match="unknown notebook parameter 'epochz'"):
+        ex.check_parameters(epochz=3)
+
+
+def test_standard_runs_are_cached_and_unset_parameters_leave_overrides(toy_root, tmp_path):
+    runs = ex.standard_runs("tiny", data_root=str(toy_root), overrides={**MICRO, "train.epochs": 1},
+                            runs_dir=tmp_path, device="cpu")
+    assert ex.describe_run(runs["mae"])["epochs"] == 1  # mae_epochs=None must not undo the override
+    assert ex.describe_run(runs["imae"])["epochs"] == 1 and ex.describe_run(runs["imae"])["method"] == "imae"
+    mtime = (runs["imae"] / "checkpoint.pt").stat().st_mtime
+    again = ex.standard_runs("tiny", data_root=str(toy_root), overrides={**MICRO, "train.epochs": 1},
+                             runs_dir=tmp_path, device="cpu")
+    assert again == runs and (runs["imae"] / "checkpoint.pt").stat().st_mtime == mtime
+    other = ex.standard_runs("tiny", data_root=str(toy_root), mae_epochs=2, overrides={**MICRO, "train.epochs": 1},
+                             runs_dir=tmp_path, device="cpu")
+    assert other["mae"] != runs["mae"] and other["imae"] != runs["imae"]  # a new teacher is a new student
+    assert ex.describe_run(other["mae"])["epochs"] == 2
+
+
+def test_evaluations_are_cached_by_options(mae_run):
+    a = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
+    files = sorted((mae_run / "eval").iterdir())
+    b = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
+    assert a == b and sorted((mae_run / "eval").iterdir()) == files
+    ex.evaluate(mae_run, "knn", device="cpu", max_images=100)
+    assert len(list((mae_run / "eval").iterdir())) == len(files) + 1
+
+
+def test_provenance_counts_a_shared_run_once_and_status_names_the_hardware(mae_run, imae_run, tmp_path):
+    rec = ex.provenance("semantics", {"mae": mae_run, "imae": imae_run, "same_prob = 1.0": imae_run})
+    assert list(rec["runs"]) == ["mae", "imae"]
+    assert rec["runs"]["mae"]["hardware"].startswith("CPU")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "semantics.json").write_text(json.dumps(rec))
+    text = write_status(tmp_path).read_text()
+    row = next(line for line in text.splitlines() if "(semantics.ipynb)" in line)
+    wall = sum(r["wall_time_s"] for r in rec["runs"].values())
+    assert "| tiny |" in row and f"| {wall:.0f} s |" in row and "CPU" in row
+    assert "not run yet" in next(line for line in text.splitlines() if "(pretrain.ipynb)" in line)
+
+
+def test_params_files_exist_for_every_documented_preset():
+    assert notebook_parameters("cifar", repo_root())["max_images"] is None
+    assert notebook_parameters("tiny", repo_root())["preset"] == "tiny"
+    with pytest.raises(ImaeError, match="no notebook parameters for preset 'imagenet'"):
+        notebook_parameters("imagenet", repo_root())
+
+
+def test_curves_and_their_styles():
+    from imae import plots
+
+    r = {"alphas": [0.1, 0.5], "ridge": {"mean": {"sub": {"r2": [0.1, 0.5]}, "dom": {"r2": [0.9, 0.5]}}}}
+    curves = ex.curves({"MAE": r, "i-MAE": r}, "ls")
+    assert list(curves) == ["MAE, subordinate", "MAE, dominant", "i-MAE, subordinate", "i-MAE, dominant"]
+    fig = plots.metric_vs_alpha(curves, ylabel="R²")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert lines["MAE, dominant"].get_linestyle() == "--" and lines["i-MAE, subordinate"].get_linestyle() == "-"
+    assert lines["MAE, subordinate"].get_color() != lines["i-MAE, subordinate"].get_color()
+
+
+def test_unknown_loss_weight_is_refused():
+    from imae.models import IMAE, mae_from_config
+
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        IMAE(mae_from_config(micro("x").model), weights={"w_distil_sub": 0.0})
+
+
+def test_paired_dataset_leaves_the_global_rng_alone(toy_root):
+    from imae.data import PairedDataset, load_arrays
+    from imae.data.sources import ArrayImageDataset, pil_transform
+
+    ds = PairedDataset(ArrayImageDataset(load_arrays("cifar10", "train", toy_root, download=False)), same_prob=1.0,
+                       transform=pil_transform(32, (0.5,) * 3, (0.25,) * 3), seed=0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ds[0]
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_no_resume_starts_over(toy_root, tmp_path):
+    from imae.runs import read_metrics
+    from imae.train import pretrain
+
+    cfg = micro(toy_root)
+    run = pretrain(cfg, tmp_path / "r", progress=False)
+    first = read_metrics(run)
+    pretrain(cfg, run, resume=False, progress=False)
+    assert read_metrics(run) == [{**r, "img_per_s": s["img_per_s"], "elapsed_s": s["elapsed_s"]}
+                                 for r, s in zip(first, read_metrics(run))]
+    assert len(read_metrics(run)) == len(first)
