@@ -222,15 +222,19 @@ def label_key(label: str) -> str:
 
 def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list[str]]:
     """Image-grid rows from a reconstruction result's examples: {row label: [7 images]}, column titles.
-    The "visible" column is the mixture with the removed patches grey: all the encoder sees."""
+    The "visible" column is the mixture with the removed patches grey: all the encoder sees. The
+    reconstructions show the predicted REMOVED patches, the visible ones grey: what the loss trains (a
+    decoder's output at visible positions is untrained noise)."""
     import numpy as np
 
-    cols = [("x_sub", "subordinate"), ("x_dom", "dominant"), ("x_mix", "mixture"), ("visible", "visible to encoder"),
-            ("mae", "MAE recon."), ("imae_sub", "i-MAE sub."), ("imae_dom", "i-MAE dom.")]
+    cols = [("x_sub", "subordinate"), ("x_dom", "dominant"), ("x_mix", "mixture"), ("visible", "encoder input"),
+            ("mae", "MAE"), ("imae_sub", "i-MAE sub."), ("imae_dom", "i-MAE dom.")]
     rows = {}
     for alpha, ex_ in sorted(result["examples"].items()):
         mask = ex_["mask"][..., None]
         ex_ = {**ex_, "visible": ex_["x_mix"] * (1 - mask) + 0.5 * mask}
+        for k in ("mae", "imae_sub", "imae_dom"):
+            ex_[k] = ex_[k] * mask + 0.5 * (1 - mask)
         for i in range(min(per_alpha, len(ex_["x_sub"]))):
             rows[f"α={alpha:.2f} #{i + 1}"] = [np.asarray(ex_[k][i]) for k, _ in cols]
     return rows, [t for _, t in cols]
