@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
     if peak is None:
         peak, peak_src = ((H100_BF16_DENSE_TFLOPS, "H100/H200 bf16 dense spec") if device.type == "cuda"
                           else (cpu_matmul_peak_tflops(), "measured fp32 matmul (1024^3)"))
-    rows, rates = [], {}
+    rows = []
     for method in args.methods:
         over = {"train.device": str(device), "imae.teacher": "random-init" if method == "imae" else None}
         if args.batch:

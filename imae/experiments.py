@@ -10,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from typing import Optional
-
 from .checkpoint import load_checkpoint
 from .config import RunConfig, _coerce, build_config, fingerprint
+from .devices import describe_device
 from .errors import ConfigError, ImaeError
 from .runs import read_run_config
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Types of the experiment notebooks' parameters (one table for all notebooks; papermill injects strings
 # as typed, so a hand-typed `-p mae_epochs ten` must be caught here, before anything trains).
@@ -242,11 +244,7 @@ def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list
 
 def hardware(device: str | torch.device | None = None) -> str:
     """A short description of ``device`` (default: the one this process computes on)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        return f"1x {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} threads)"
+    return describe_device(device)
 
 
 def describe_run(run_dir: str | os.PathLike) -> dict:

@@ -30,23 +30,14 @@ from .checkpoint import FORMAT, checkpoint_path, is_imae_checkpoint, load_checkp
 from .config import RunConfig, derived, fingerprint, validate
 from .data.pairs import mix_seed, sample_lambda
 from .data.sources import build_source
+from .devices import describe_device, resolve_device
 from .distributed import DistInfo, all_reduce_max, barrier, init_distributed
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
+from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from .models import IMAE, MaskedAutoencoderViT, freeze_teacher, mae_from_config
 from .runs import MetricsLog, open_run_dir
 
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
                "decoder_depth", "decoder_num_heads", "mlp_ratio")
-
-
-def resolve_device(pref: str, info: DistInfo | None = None) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda" and info is not None and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use device='cpu' (or 'auto')")
-    return torch.device(pref)
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig, base_lr: float) -> float:
@@ -161,9 +152,7 @@ class Trainer:
         self.step, self.epoch, self.batch, self.elapsed = 0, 0, 0, 0.0
         self.last_good: int | None = None
         self.keys = ["loss", *(["loss_rec"] if cfg.method == "mae" else IMAE.LOSS_TERMS)]
-        world = f"{info.world}x " if info.enabled else ""
-        self.hardware = world + (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else
-                                 f"CPU ({torch.get_num_threads()} threads)")
+        self.hardware = describe_device(device) + (f" x {info.world} processes" if info.enabled else "")
         self.ddp = None
         if info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(

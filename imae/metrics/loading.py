@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import checkpoint_path, is_imae_checkpoint, load_checkpoint, load_mae_weights, mae_state_dict
 from ..config import ModelConfig, RunConfig
+from ..devices import resolve_device  # noqa: F401  (re-exported by imae.metrics)
 from ..errors import CheckpointError, ConfigError
 from ..models import IMAE, MaskedAutoencoderViT, mae_from_config
 
@@ -51,21 +52,6 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "fingerprint": self.fingerprint}
-
-
-def resolve_device(pref: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when visible, else CPU; an explicit CUDA request without a GPU is a user error.
-
-    (The engine has the same rule; it is restated here so metrics do not import the training engine.)
-    """
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use device='cpu' (or 'auto')")
-    try:
-        return torch.device(pref)
-    except RuntimeError as e:
-        raise ConfigError(f"device={pref!r} is not a device name; use auto, cpu or cuda") from e
 
 
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:
