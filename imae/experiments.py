@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import RunConfig, _coerce, build_config, fingerprint
 from .devices import describe_device
 from .errors import ConfigError, ImaeError
-from .runs import read_run_config
+from .runs import atomic_write_text, read_run_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,7 +189,7 @@ def ablation_table(runs: dict, *, alphas=(0.1, 0.3), pool: str = "mean", **eval_
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def curves(result: dict, metric: str, *, pool: str = "mean", models: dict | None = None) -> dict:
+def curves(result: dict, metric: str, *, pool: str = "mean") -> dict:
     """{label: (alphas, values)} for :func:`imae.plots.metric_vs_alpha` from evaluation results.
 
     Args:
@@ -292,7 +292,4 @@ def provenance(notebook: str, runs: dict[str, str | os.PathLike], **extra) -> di
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1, default=float))

@@ -37,11 +37,18 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def write_yaml(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: readers (and a
+    process killed midway) see the old or the new content, never half (stale temporaries: ``.*.tmp``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+    return path
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def open_run_dir(out: str | os.PathLike, cfg: RunConfig, fingerprint: str, *, derived: dict,
@@ -93,10 +100,7 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         keep = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def reset(self) -> None:
         if self.enabled and self.path.exists():

@@ -25,6 +25,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError, RunDirError
+from ..runs import atomic_write_text
 from .features import PAIRINGS, check_alphas, load_eval_data
 from .finetune import finetune
 from .loading import LoadedModel, load_model, load_reference, resolve_device
@@ -147,12 +148,6 @@ def _plain(x):
     return x
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, options: dict,
                  data_options: dict) -> Path:
     """Write ``out/<what>.json`` (+ example images) and merge this evaluation into ``out/config.yaml``."""
@@ -174,11 +169,11 @@ def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, op
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, npz)
         body["examples_file"] = npz.name
-    _atomic_write(out / f"{what}.json", json.dumps(_plain(body), indent=1) + "\n")
+    atomic_write_text(out / f"{what}.json", json.dumps(_plain(body), indent=1) + "\n")
     cfg = cfg or {"model": {"checkpoint": str(model.path), "kind": model.kind, "fingerprint": model.fingerprint,
                             "teacher": model.teacher_path, "config": model.config.to_dict()}, "evaluations": {}}
     cfg.setdefault("evaluations", {})[what] = _plain({
         "options": {k: v for k, v in options.items() if k != "model_config"}, **data_options,
         "reference": result["metadata"]["reference"], "device": result["metadata"]["device"]})
-    _atomic_write(cfg_path, yaml.safe_dump(_plain(cfg), sort_keys=False))
+    atomic_write_text(cfg_path, yaml.safe_dump(_plain(cfg), sort_keys=False))
     return out / f"{what}.json"
