@@ -19,12 +19,18 @@ help:
 	@echo "make reproduce PRESET=P    rerun every experiment notebook with preset P, then build the book"
 	@echo "make figure NB=name        rerun one experiment notebook (experiments/NAME.ipynb) into book/"
 
-# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# pyproject.toml has compatible ranges; constraints.txt pins the tested versions (one place). torch and
+# torchvision are installed first, at exactly their pins read from that file, so pip never resolves another
+# (multi-GB, CUDA) torch build; everything after is installed under the same constraints.
+CONSTRAINTS := constraints.txt
+TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' $(CONSTRAINTS))
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[book,test]"
+	test -n "$(TORCH_PINS)" || { echo "no torch/torchvision pins in $(CONSTRAINTS)"; exit 1; }
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[book,test]"
 	touch $(STAMP)
 
 # Rendering the stored notebooks needs only Jupyter Book (no torch): seconds to install, offline to build.

@@ -19,6 +19,10 @@ attention; explicit attention so CPU SDPA is counted too) and MFU = FLOPs x step
     python benchmarks/throughput.py --preset cifar --batch 1024 --compile --out results.json    # GPU
     python benchmarks/throughput.py --preset tiny --batch 128 --device cpu --out tiny_cpu.json  # CPU
 
+Options left out are chosen by device (:func:`choose_defaults`, printed at the start): on CUDA the cifar
+preset at its batch (1024), 5 warm-up and 20 timed steps; on a CPU the tiny preset, batch 128 (a given
+preset's batch capped at 128: the cifar preset at 1024 needs more than 24 GB there), 2 + 10 steps.
+
 Ratios are measured against the faithful path of the same method in the same run (never across runs).
 Data are synthetic uint8 images of the preset's size unless ``--dataset``/``--data-root`` name a real one.
 """
@@ -49,6 +53,32 @@ from benchmarks.paths import PATHS, agreement, host_syncs_per_step, pool_size, s
 H100_BF16_DENSE_TFLOPS = 989.0  # H100/H200 SXM bf16 dense (spec sheet); the SPEC's measured matmul peak is 795
 CIFAR_REPRO = {"images_per_epoch": 50_000, "mae_epochs": 100, "imae_epochs": 100}
 EVAL_FIXED_S, EVAL_FORWARDS = 30.0, 500_000  # see projection()
+# Defaults by device for the options left out (the batch: the preset's, on a CPU at most CPU_MAX_BATCH).
+DEVICE_DEFAULTS = {"cuda": {"preset": "cifar", "warmup": 5, "steps": 20},
+                   "cpu": {"preset": "tiny", "warmup": 2, "steps": 10}}
+CPU_MAX_BATCH = 128
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def choose_defaults(args: argparse.Namespace, device_type: str) -> dict:
+    """Fill the options left as None (preset, batch, warmup, steps) for ``device_type`` in place; returns
+    {option: value} for what it chose. On a CPU the batch is the preset's, capped at ``CPU_MAX_BATCH``."""
+    table = DEVICE_DEFAULTS["cuda" if device_type == "cuda" else "cpu"]
+    chosen = {}
+    for key in ("preset", "warmup", "steps"):
+        if getattr(args, key) is None:
+            setattr(args, key, table[key])
+            chosen[key] = table[key]
+    if args.batch is None:
+        preset_batch = build_config(args.preset, method="mae").train.batch_size
+        args.batch = preset_batch if device_type == "cuda" else min(preset_batch, CPU_MAX_BATCH)
+        chosen["batch"] = args.batch
+    return chosen
 
 
 def device_name(device: torch.device) -> str:
@@ -147,15 +177,15 @@ def render(rows: list[dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="cifar", help="tiny | cifar | tinyimagenet | imagenet")
-    p.add_argument("--batch", type=int, help="global batch (default: the preset's)")
+    p.add_argument("--preset", help="tiny | cifar | tinyimagenet | imagenet (default: cifar on CUDA, tiny on CPU)")
+    p.add_argument("--batch", type=int, help="global batch (default: the preset's; on a CPU at most 128)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--methods", nargs="+", default=["mae", "imae"], choices=["mae", "imae"])
     p.add_argument("--paths", nargs="+", default=["faithful", "fast"], choices=list(PATHS))
     p.add_argument("--compile", action="store_true", help="also time fast+compile")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode: default | reduce-overhead | ...")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, help="untimed steps (default: 5 on CUDA, 2 on CPU)")
+    p.add_argument("--steps", type=int, help="timed steps (default: 20 on CUDA, 10 on CPU)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="faithful DataLoader workers")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--peak-tflops", type=float, help="for MFU; default 989 on CUDA, a measured matmul on CPU")
@@ -173,8 +203,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
+    chosen = choose_defaults(args, device.type)
+    if chosen:
+        print(f"defaults for {device.type}: " + " ".join(f"--{k} {v}" for k, v in chosen.items()), file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dev_name = device_name(device)
@@ -184,9 +216,8 @@ def main(argv=None) -> dict:
                           else (cpu_matmul_peak_tflops(), "measured fp32 matmul (1024^3)"))
     rows = []
     for method in args.methods:
-        over = {"train.device": str(device), "imae.teacher": "random-init" if method == "imae" else None}
-        if args.batch:
-            over["train.batch_size"] = args.batch
+        over = {"train.device": str(device), "imae.teacher": "random-init" if method == "imae" else None,
+                "train.batch_size": args.batch}
         if args.dataset:
             over.update({"data.dataset": args.dataset, "data.root": args.data_root, "data.download": False})
         cfg = build_config(args.preset, method=method, **over)

@@ -13,4 +13,12 @@ def pretrain(cfg, out, **kwargs):
     return _pretrain(cfg, out, **kwargs)
 
 
-__all__ = ["PRESETS", "RunConfig", "build_config", "ImaeError", "pretrain", "__version__"]
+def load_pretrained(name, **kwargs):
+    """A stored model by name (``cifar-mae``, ``cifar-imae``), checksum-verified, in eval mode; see
+    :func:`imae.pretrained.load_pretrained`."""
+    from .pretrained import load_pretrained as _load_pretrained
+
+    return _load_pretrained(name, **kwargs)
+
+
+__all__ = ["PRESETS", "RunConfig", "build_config", "ImaeError", "pretrain", "load_pretrained", "__version__"]

@@ -1,7 +1,9 @@
-"""``python -m imae pretrain | evaluate | reproduce | make-toy-data``.
+"""``python -m imae pretrain | evaluate | reproduce | export | make-toy-data``.
 
 User errors (:class:`~imae.errors.ImaeError`) print one ``error: ...`` line and exit 2, without a traceback;
 an interrupted run exits 128 + the signal number after writing its checkpoint; a non-finite loss exits 3.
+Only the standard library is imported until a subcommand runs, so ``python -m imae --help`` works in an
+environment without torch.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from .errors import ImaeError, NonFiniteLossError, TrainingInterrupted
 
 
 def _set_pairs(items: list[str]) -> dict:
+    import yaml
+
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -28,7 +30,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="tiny | cifar | tinyimagenet | imagenet")
     p.add_argument("--dataset", help="cifar10 | cifar10-mini | cifar100 | tinyimagenet | imagenet")
     p.add_argument("--data-root", help="folder holding the dataset folders (default $IMAE_DATA or ./data)")
-    p.add_argument("--subset-per-class", type=int, help="first N images of every class")
+    p.add_argument("--subset-per-class", type=int, help="first N images of every class (0: every image)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--accum-iter", type=int)
@@ -91,6 +93,14 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    record = export(args.run, args.out, to=args.to)
+    print(f"{record['kind']} encoder of {args.run} -> {args.out}/{record['weights']} + {args.out}/timm_kwargs.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imae", description="i-MAE reproduction toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="do not build the book afterwards")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("export", help="write a trained encoder for another library (timm)")
+    p.add_argument("--to", default="timm", choices=["timm"], help="target library (default timm)")
+    p.add_argument("run", metavar="RUN", help="MAE or i-MAE run directory or checkpoint")
+    p.add_argument("out", metavar="OUT", help="folder for model.safetensors, timm_kwargs.json, export.json")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("make-toy-data", help="write a small synthetic CIFAR-10-layout dataset (tests, CI)")
     p.add_argument("root", help="data root; writes ROOT/cifar-10-batches-py")
     p.add_argument("--train-per-class", type=int, default=100)
@@ -122,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_toy_data)
     from .evaluate_cli import add_evaluate_parser
     add_evaluate_parser(sub)
+    from .campaign.cli import add_campaign_parser
+    add_campaign_parser(sub)
     return parser
 
 

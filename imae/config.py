@@ -48,7 +48,7 @@ class DataConfig:
 
     dataset: str = "cifar10"
     root: Optional[str] = None  # None: $IMAE_DATA, else ./data
-    subset_per_class: Optional[int] = None  # first N images of each class (CPU runs)
+    subset_per_class: Optional[int] = None  # first N images of each class (CPU runs); override 0: every image
     same_prob: float = 1.0  # P(partner image from the same class); the released code hard-codes 1.0
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
@@ -95,6 +95,7 @@ class TrainConfig:
     log_every: int = 0  # steps; 0: every step on CPU, every 25 on CUDA
     ckpt_every: int = 0  # steps; 0: at the end of every epoch
     nonfinite: str = "stop"  # stop | restart-fp32 (reload the last good checkpoint, continue without AMP)
+    init_from: Optional[str] = None  # MAE only: start from this MAE run's weights (the equal-compute control)
 
 
 @dataclass
@@ -127,6 +128,8 @@ class RunConfig:
                 raise ConfigError(f"unknown field(s) {sorted(bad)} in config section '{name}'")
             kw[name] = sec_cls(**{k: _coerce(f"{name}.{k}", v, _hints(sec_cls)[k]) for k, v in sec.items()})
         cfg = cls(**kw)
+        if cfg.data.subset_per_class == 0:  # "every image", spelled so that it survives build_config's None-skip
+            cfg.data.subset_per_class = None
         validate(cfg)
         return cfg
 
@@ -155,6 +158,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         data=dict(dataset="cifar10", subset_per_class=100),
         train=dict(epochs=30, batch_size=128, blr=1.5e-3, warmup_epochs=2),
         train_imae=dict(epochs=20),
+    ),
+    # The CPU edition: the tiny architecture on ALL 50,000 CIFAR-10 training images, where 2 cores train an
+    # MAE that beats its untrained encoder (SPEC, "CPU calibration"). The MAE teacher/baseline learns
+    # norm-pix targets, the i-MAE student plain pixels (SPEC, "Teacher recipe at CIFAR scale").
+    "small": dict(
+        model=_vit(96, 4, 3, 64, 2, 2, img=32, patch=4),
+        model_mae=dict(norm_pix_loss=True),
+        data=dict(dataset="cifar10"),
+        train=dict(epochs=10, batch_size=128, blr=1.5e-3, warmup_epochs=1),
+        train_imae=dict(epochs=4, warmup_epochs=0.5),
     ),
     # CIFAR (not given by the paper's code; our decision): ViT-Tiny, patch 2, decoder 128-d x 4.
     "cifar": dict(
@@ -187,14 +200,16 @@ def build_config(preset: str = "tiny", method: str = "mae", **overrides: Any) ->
         preset: one of ``PRESETS`` (tiny, cifar, tinyimagenet, imagenet).
         method: ``mae`` or ``imae``.
         **overrides: ``field=value`` (unique field name) or ``{"section.field": value}``; ``None`` values
-            are ignored so notebook parameters can default to "preset's choice".
+            are ignored so notebook parameters can default to "preset's choice". To lift a preset's subset
+            and train on every image, pass ``subset_per_class=0`` (stored as None).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     p = PRESETS[preset]
-    d = {"preset": preset, "model": dict(p.get("model", {})), "data": dict(p.get("data", {})),
+    d = {"preset": preset, "model": {**p.get("model", {}), **p.get(f"model_{method}", {})},
+         "data": dict(p.get("data", {})),
          "imae": dict(p.get("imae", {})), "train": {**p.get("train", {}), **p.get(f"train_{method}", {})}}
     d["train"]["method"] = method
     for key, value in overrides.items():
@@ -304,7 +319,8 @@ def validate(cfg: RunConfig) -> None:
     lo, hi = d.crop_scale
     need(0.0 < lo <= hi <= 1.0, f"data.crop_scale={list(d.crop_scale)} must satisfy 0 < lo <= hi <= 1")
     need(d.subset_per_class is None or d.subset_per_class >= 1,
-         f"data.subset_per_class={d.subset_per_class} must be a positive number of images or None")
+         f"data.subset_per_class={d.subset_per_class} must be a positive number of images per class, "
+         f"or 0 for every image")
     need(d.loader in ("auto", "tensor", "pil"), f"data.loader={d.loader!r}; choose auto, tensor or pil")
     need(i.alpha_mode in ("random", "fixed", "range"),
          f"alpha_mode={i.alpha_mode!r} is unknown; choose random, fixed or range")
@@ -323,6 +339,9 @@ def validate(cfg: RunConfig) -> None:
     need(t.amp in ("auto", "bf16", "off"), f"amp={t.amp!r}; choose auto, bf16 or off")
     need(t.nonfinite in ("stop", "restart-fp32"), f"nonfinite={t.nonfinite!r}; choose stop or restart-fp32")
     need(t.log_every >= 0 and t.ckpt_every >= 0, "log_every and ckpt_every must be >= 0")
+    need(t.init_from is None or t.method == "mae",
+         f"train.init_from={t.init_from!r} is for method=mae (an MAE continued from a trained one); an i-MAE "
+         "starts from its teacher (imae.init=teacher)")
     if t.method == "imae":
         uses_teacher = i.init == "teacher" or i.w_distill_sub > 0 or i.w_distill_dom > 0
         need(not uses_teacher or bool(i.teacher),
@@ -338,11 +357,17 @@ def derived(cfg: RunConfig, world_size: int = 1) -> dict:
 
 
 def fingerprint(cfg: RunConfig, teacher_fingerprint: str | None = None) -> str:
-    """A short hash of everything that changes what a run computes (not where or how fast)."""
+    """A short hash of everything that changes what a run computes (not where or how fast).
+
+    ``teacher_fingerprint`` identifies the run an i-MAE distils from, or the run an MAE starts from
+    (``train.init_from``): the weights count by what they are, not where they lie."""
     d = cfg.to_dict()
     for key in _OPERATIONAL:
         sec, name = key.split(".")
         d[sec].pop(name, None)
+    init_from = d["train"].pop("init_from")  # absent unless set: older runs keep their fingerprints
+    if init_from is not None:
+        d["train"]["init_from"] = teacher_fingerprint or init_from
     if cfg.method == "mae":
         d.pop("imae")
     else:  # the teacher counts by what it is, not where it lies

@@ -33,6 +33,7 @@ PARAMETER_TYPES = {
     "same_prob": float, "overrides": dict, "alphas": list, "n_pairs": Optional[int], "n_train": Optional[int],
     "n_test": Optional[int], "finetune_epochs": int, "same_probs": list, "seed": int, "mask_ratio": Optional[float],
     "n_examples": int, "ablation_epochs": Optional[int], "max_images": Optional[int], "pool": str,
+    "seeds": list,
 }
 
 
@@ -69,6 +70,34 @@ def standard_runs(preset: str, *, dataset=None, data_root=None, mae_epochs=None,
     return {"mae": mae, "imae": imae}
 
 
+def comparison_runs(preset: str, seeds=(0,), *, dataset=None, data_root=None, mae_epochs=None, imae_epochs=None,
+                    same_prob: float = 1.0, overrides: dict | None = None, runs_dir=None, device="auto",
+                    equal_compute: bool = True) -> dict:
+    """The main comparison, once per training seed: {seed: {"mae": dir, "imae": dir, "mae_continued": dir}}.
+
+    ``mae_continued`` is the equal-compute control: the i-MAE's teacher trained further as a plain MAE for
+    the i-MAE's epochs on the i-MAE's schedule (same blr, warmup and epochs), so a gain of the i-MAE over
+    its teacher can be told from the gain of simply training longer.
+    """
+    out = {}
+    for seed in seeds:
+        ov = {**(overrides or {}), "train.seed": int(seed)}
+        runs = standard_runs(preset, dataset=dataset, data_root=data_root, mae_epochs=mae_epochs,
+                             imae_epochs=imae_epochs, same_prob=same_prob, overrides=ov, runs_dir=runs_dir,
+                             device=device)
+        if equal_compute:
+            t = RunConfig.from_dict(read_run_config(runs["imae"])["config"]).train
+            runs["mae_continued"] = train(
+                preset, "mae", runs_dir=runs_dir,
+                **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                     "train.seed": int(seed), "train.init_from": str(runs["mae"]),
+                                     "train.epochs": t.epochs, "train.warmup_epochs": t.warmup_epochs,
+                                     "train.blr": t.blr, "train.batch_size": t.batch_size,
+                                     "train.accum_iter": t.accum_iter, "train.min_lr": t.min_lr}))
+        out[int(seed)] = runs
+    return out
+
+
 def _merge(overrides: dict | None, explicit: dict) -> dict:
     """``overrides`` updated by the explicit notebook parameters that are set (None leaves the override)."""
     return {**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}}
@@ -86,8 +115,9 @@ def run_dir_for(cfg: RunConfig, runs_dir=None) -> Path:
     from .train import teacher_fingerprint
 
     tfp = None
-    if cfg.method == "imae" and cfg.imae.teacher:
-        path = checkpoint_path(cfg.imae.teacher)
+    source = cfg.imae.teacher if cfg.method == "imae" else cfg.train.init_from
+    if source:
+        path = checkpoint_path(source)
         tfp = teacher_fingerprint(load_checkpoint(path), path)
     return runs_root(runs_dir) / f"{cfg.preset}-{cfg.method}-{fingerprint(cfg, tfp)}"
 
@@ -117,7 +147,9 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
     """Run an evaluation of a trained run once; later calls with the same options read the stored JSON.
 
     The result folder is ``<run>/eval/<what>-<options hash>/`` (``<what>.json``, ``config.yaml`` and, for
-    reconstructions, the example images, returned under ``examples`` as {alpha: {name: array}}).
+    reconstructions, the example images, returned under ``examples`` as {alpha: {name: array}}; the per-item
+    arrays, returned under ``items`` as {name: array}). The key includes :func:`imae.metrics.code_version`,
+    so a change to the metric, data or model code re-runs the evaluation.
     """
     from . import metrics
 
@@ -127,7 +159,7 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
 
     saved = read_run_config(run_dir)
     root = options.get("data_root") or saved.get("config", {}).get("data", {}).get("root")
-    key = {"fp": saved.get("fingerprint", "unknown"), "version": __version__,
+    key = {"fp": saved.get("fingerprint", "unknown"), "version": __version__, "code": metrics.code_version(),
            "data_root": str(resolve_root(root).resolve()), **options}
     folder = run_dir / "eval" / f"{what}-{_options_key(key)}"
     result_file = folder / f"{what}.json"
@@ -143,6 +175,11 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
                 alpha, name = key.split("/", 1)
                 examples.setdefault(float(alpha[len("alpha"):]), {})[name] = z[key]
         result["examples"] = examples
+    if result.get("items_file"):
+        import numpy as np
+
+        with np.load(folder / result["items_file"]) as z:
+            result["items"] = {name: z[name] for name in z.files}
     return result
 
 
@@ -256,8 +293,11 @@ def describe_run(run_dir: str | os.PathLike) -> dict:
     if not ckpt.get("finished"):
         raise ImaeError(f"{run_dir} is not finished (step {ckpt.get('step')}); rerun its notebook to complete it")
     subset = cfg.data.subset_per_class
-    return {"run": run_dir.name, "method": cfg.method, "preset": cfg.preset, "dataset": cfg.data.dataset,
-            "train_images": f"first {subset}/class" if subset else "all", "epochs": cfg.train.epochs,
+    control = "untrained" if ckpt.get("untrained") else "pixels" if ckpt.get("pixels") else None
+    method = control or ("mae (continued)" if cfg.train.init_from else cfg.method)
+    return {"run": run_dir.name, "method": method, "preset": cfg.preset, "dataset": cfg.data.dataset,
+            "train_images": f"first {subset}/class" if subset else "all",
+            "epochs": 0 if control else cfg.train.epochs, "seed": cfg.train.seed,
             "batch_size": cfg.train.batch_size, "wall_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
             "hardware": ckpt.get("hardware", "unknown"),
             "fingerprint": saved.get("fingerprint")}

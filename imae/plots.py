@@ -158,3 +158,80 @@ def ablation_panels(table: pd.DataFrame, *, index: str):
         ax.set_title(col, fontsize=9)
     fig.tight_layout()
     return _done(fig)
+
+
+ARM_STYLES = {  # the models and their controls, in every plot with intervals
+    "MAE": dict(color=PALETTE["mae"], ls="-", marker="s"),
+    "i-MAE": dict(color=PALETTE["imae"], ls="-", marker="o"),
+    "MAE continued": dict(color="#8172B3", ls="-.", marker="^"),
+    "untrained": dict(color="#7f7f7f", ls="--", marker="x"),
+    "pixels": dict(color="#bcbd22", ls=":", marker="."),
+    "constant": dict(color="#000000", ls=":", marker=""),
+}
+
+
+def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", chance: float | None = None,
+          ax=None, xlabel: str | None = None):
+    """Mean lines with shaded 95 % intervals, one per model/control, from a tidy table with columns
+    ``model``, ``x``, ``mean``, ``lo``, ``hi`` (:func:`imae.comparison.frame`)."""
+    plt = _plt()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    else:
+        fig = ax.figure
+    for model in dict.fromkeys(df["model"]):
+        d = df[df["model"] == model].sort_values(x)
+        st = ARM_STYLES.get(model, {})
+        ax.plot(d[x], d["mean"], ms=3.5, lw=1.6, label=model, **st)
+        ax.fill_between(d[x], d["lo"], d["hi"], color=st.get("color"), alpha=0.18, lw=0)
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    ax.set(xlabel=xlabel or (r"subordinate weight $\alpha$" if x == "alpha" else x), ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    if own:
+        fig.tight_layout()
+        return _done(fig)
+    return ax
+
+
+def band_panels(panels: dict, *, ylabel: str, x: str = "alpha", chance: float | None = None, sharey: bool = True):
+    """Side-by-side :func:`bands` panels: {title: tidy table}."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.7), squeeze=False, sharey=sharey)
+    for ax, (title, df) in zip(axes[0], panels.items()):
+        bands(df, ylabel=ylabel, title=title, x=x, chance=chance, ax=ax)
+    fig.tight_layout()
+    return _done(fig)
+
+
+def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: str | None = None,
+                    chance: float | None = None):
+    """Means with 95 % error bars per model (and per ``group``, e.g. the evaluation), controls in grey."""
+    plt = _plt()
+    groups = list(dict.fromkeys(df[group])) if group else [None]
+    models = list(dict.fromkeys(df["model"]))
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.1 * len(groups) * len(models) / 2 + 2.5), 3.7))
+    width = 0.8 / len(models)
+    for k, model in enumerate(models):
+        st = ARM_STYLES.get(model, {})
+        d = df[df["model"] == model]
+        if group:
+            d = d.set_index(group).reindex(groups)
+        xs = np.arange(len(groups)) + (k - (len(models) - 1) / 2) * width
+        err = np.vstack([d["mean"] - d["lo"], d["hi"] - d["mean"]])
+        ax.errorbar(xs, d["mean"], yerr=err, fmt=st.get("marker") or "o", color=st.get("color"), capsize=3,
+                    label=model)
+        for xx, v in zip(xs, d["mean"]):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.1f}", (xx, v), textcoords="offset points", xytext=(4, 0), fontsize=7, va="center")
+    if group:
+        ax.set_xticks(np.arange(len(groups)), groups)
+    else:
+        ax.set_xticks([])
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _done(fig)

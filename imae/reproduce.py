@@ -5,6 +5,13 @@ Trained runs and evaluations are cached (see :mod:`imae.experiments`), so a sing
 pretraining that ``pretrain.ipynb`` did. Parameters for a preset come from ``experiments/params/<preset>.yaml``
 when it exists. The executed notebooks land in ``book/`` (the copies the book renders), their JSON records in
 ``book/results/``; ``book/status_table.md`` is regenerated from those records.
+
+Nothing machine-specific is stored: ``results_dir`` is passed relative to the repository root (papermill runs
+the kernel there), and :func:`scrub_notebook` rewrites every executed notebook before it replaces the stored
+one: papermill's absolute ``input_path`` becomes repository-relative and its ``output_path`` goes, parameters
+(in the metadata and in the injected-parameters cell) that are absolute paths inside the repository become
+relative, and stderr streams (warnings naming files of the Python installation) are dropped, as the book
+hides them anyway (``nb_output_stderr: remove``).
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ import yaml
 
 from .errors import ImaeError
 
-NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations")
+NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations", "findings")
+CHAPTERS = NOTEBOOKS[:-1]  # the findings page summarises the others and trains nothing
 CHAPTER_TITLES = {"pretrain": "Pretraining", "reconstruction": "Two-way reconstruction",
                   "separability": "Linear separability", "semantics": "Degree of semantics",
-                  "classification": "Classification", "ablations": "Ablations"}
+                  "classification": "Classification", "ablations": "Ablations", "findings": "Findings"}
 
 
 def repo_root() -> Path:
@@ -42,6 +50,84 @@ def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> d
     return params
 
 
+def _relative_to_root(value, root: Path):
+    """``value`` relative to ``root`` when it is an absolute path string inside it; otherwise unchanged."""
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return Path(value).resolve().relative_to(root.resolve()).as_posix() or "."
+        except ValueError:
+            return value
+    return value
+
+
+def scrub_notebook(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                   drop_stderr: bool = True) -> list[str]:
+    """Remove this machine's paths from an executed notebook in place; returns what was changed.
+
+    * ``metadata.papermill``: ``input_path`` made relative to ``root`` (the repository), ``output_path``
+      (papermill's temporary file) removed, absolute ``parameters`` inside ``root`` made relative;
+    * the ``injected-parameters`` cell: the same parameter values, as papermill wrote them;
+    * outputs: stderr streams dropped (``drop_stderr``), and ``root/`` removed from the text of the others.
+
+    Everything else (cells, outputs, glue data, timings) is kept as papermill wrote it.
+    """
+    import nbformat
+
+    root = Path(root) if root is not None else repo_root()
+    path = Path(path)
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    changed: list[str] = []
+    pm_meta = nb.metadata.get("papermill", {})
+    if "output_path" in pm_meta:
+        del pm_meta["output_path"]
+        changed.append("metadata.papermill.output_path")
+    if os.path.isabs(str(pm_meta.get("input_path", ""))):
+        rel = _relative_to_root(pm_meta["input_path"], root)
+        if os.path.isabs(rel):  # a notebook from outside the repository: where it lay says nothing portable
+            del pm_meta["input_path"]
+        else:
+            pm_meta["input_path"] = rel
+        changed.append("metadata.papermill.input_path")
+    renamed = {}
+    for key, value in (pm_meta.get("parameters") or {}).items():
+        rel = _relative_to_root(value, root)
+        if rel != value:
+            pm_meta["parameters"][key] = rel
+            renamed[value] = rel
+            changed.append(f"metadata.papermill.parameters.{key}")
+    prefix = str(root.resolve()) + os.sep
+    for i, cell in enumerate(nb.cells):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            source = cell.source
+            for old, new in renamed.items():  # papermill writes strings as "..." with inner quotes escaped
+                quoted = ['"{}"'.format(v.replace('"', r'\"')) for v in (old, new)]
+                source = source.replace(*quoted)
+            if source != cell.source:
+                cell.source = source
+                changed.append(f"cells[{i}] (injected parameters)")
+        if cell.cell_type != "code":
+            continue
+        outputs, dropped = [], 0
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr" and drop_stderr:
+                dropped += 1
+                continue
+            if out.get("output_type") == "stream" and prefix in out.get("text", ""):
+                out["text"] = out["text"].replace(prefix, "")
+                changed.append(f"cells[{i}] {out.get('name')} output")
+            for mime, data in (out.get("data") or {}).items():
+                if mime.startswith("text/") and isinstance(data, str) and prefix in data:
+                    out["data"][mime] = data.replace(prefix, "")
+                    changed.append(f"cells[{i}] {mime} output")
+            outputs.append(out)
+        if dropped:
+            cell.outputs = outputs
+            changed.append(f"cells[{i}] {dropped} stderr output(s) dropped")
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
 def run_notebook(name: str, parameters: dict, *, root: Path, out_dir: Path, log=print) -> Path:
     """Execute ``experiments/<name>.ipynb`` into ``out_dir/<name>.ipynb`` (kernel python3, cwd = repo root)."""
     import papermill as pm
@@ -55,6 +141,7 @@ def run_notebook(name: str, parameters: dict, *, root: Path, out_dir: Path, log=
     log(f"[reproduce] {name}: running with {json.dumps(parameters, default=str)}")
     pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root),
                         progress_bar=False, log_output=False)
+    scrub_notebook(tmp, root=root)  # no absolute paths of this machine in the stored notebook
     os.replace(tmp, out)  # only a fully executed notebook replaces the stored one
     log(f"[reproduce] {name}: done in {time.time() - t0:.0f} s -> {out}")
     return out
@@ -64,7 +151,7 @@ def write_status(book_dir: Path) -> Path:
     """``book/status_table.md`` (included by the introduction): for every chapter, the preset, data,
     hardware, epochs and time it came from."""
     rows = []
-    for name in NOTEBOOKS:
+    for name in CHAPTERS:
         rec_file = book_dir / "results" / f"{name}.json"
         if not rec_file.is_file():
             rows.append(f"| [{CHAPTER_TITLES[name]}]({name}.ipynb) | not run yet | | | | | | |")
@@ -72,7 +159,10 @@ def write_status(book_dir: Path) -> Path:
         rec = json.loads(rec_file.read_text())
         runs = rec.get("runs", {})
         first = next(iter(runs.values()), {})
-        epochs = " / ".join(f"{k}: {v['epochs']}" for k, v in runs.items())
+        seeds = {v.get("seed") for v in runs.values() if v.get("method") in ("mae", "imae")}
+        per_method = dict.fromkeys(f"{v.get('method')} {v['epochs']}" for v in runs.values()
+                                   if v.get("method") in ("mae", "imae"))
+        epochs = ", ".join(per_method) + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
         wall = sum(v.get("wall_time_s", 0) for v in runs.values())
         data = f"{first.get('dataset', '?')} ({first.get('train_images', '?')} train images)"
         trained_on = ", ".join(sorted({v.get("hardware", "unknown") for v in runs.values()}))
@@ -155,7 +245,9 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ImaeError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
-    params = notebook_parameters(preset, root, {"results_dir": str((book / "results").resolve()), **(extra or {})})
+    # Relative to the repository root, where papermill runs the kernel, so no machine's path is stored.
+    results_dir = _relative_to_root(str((book / "results").resolve()), root)
+    params = notebook_parameters(preset, root, {"results_dir": results_dir, **(extra or {})})
     for name in NOTEBOOKS:  # dependency order, whatever order was asked
         if name in names:
             run_notebook(name, params, root=root, out_dir=book)

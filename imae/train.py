@@ -60,9 +60,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def load_teacher(cfg: RunConfig, device) -> tuple[MaskedAutoencoderViT, str]:
-    """The frozen MAE teacher named by ``cfg.imae.teacher`` and its fingerprint; checks the architecture."""
-    path = checkpoint_path(cfg.imae.teacher)
+def load_teacher(cfg: RunConfig, device, source: str | None = None) -> tuple[MaskedAutoencoderViT, str]:
+    """The frozen MAE teacher named by ``cfg.imae.teacher`` (or ``source``: an MAE's ``train.init_from``) and
+    its fingerprint; checks the architecture."""
+    path = checkpoint_path(source or cfg.imae.teacher)
     ckpt = load_checkpoint(path)
     if is_imae_checkpoint(ckpt):
         tcfg = ckpt["config"]
@@ -78,6 +79,7 @@ def load_teacher(cfg: RunConfig, device) -> tuple[MaskedAutoencoderViT, str]:
             print(f"warning: teacher {path} is an unfinished run (step {ckpt.get('step')})", file=sys.stderr)
     teacher = mae_from_config(cfg.model)
     load_mae_weights(teacher, mae_state_dict(ckpt), source=str(path))
+    teacher.checkpoint_step = ckpt.get("step")  # recorded with the fingerprint in the student's checkpoint
     return freeze_teacher(teacher).to(device), teacher_fingerprint(ckpt, path)
 
 
@@ -93,6 +95,9 @@ def build_model(cfg: RunConfig, teacher: MaskedAutoencoderViT | None) -> torch.n
     torch.manual_seed(cfg.train.seed)
     mae = mae_from_config(cfg.model)
     if cfg.method == "mae":
+        if teacher is not None:  # train.init_from: an MAE continued from a trained one
+            mae.load_state_dict(teacher.state_dict())
+            mae.norm_pix_loss = cfg.model.norm_pix_loss
         return mae
     if cfg.imae.init == "teacher":
         mae.load_state_dict(teacher.state_dict())
@@ -129,8 +134,9 @@ class Trainer:
     """Owns the model, optimiser, schedule and position of one run; see :func:`pretrain`."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, fp: str, device: torch.device, info: DistInfo,
-                 teacher: MaskedAutoencoderViT | None, progress: bool = True):
+                 teacher: MaskedAutoencoderViT | None, progress: bool = True, teacher_fp: str | None = None):
         self.cfg, self.run_dir, self.fp, self.device, self.info = cfg, Path(run_dir), fp, device, info
+        self.teacher_fp = teacher_fp  # recorded in the checkpoint; evaluation verifies the teacher against it
         t = cfg.train
         self.teacher = teacher
         self.model = build_model(cfg, teacher).to(device)
@@ -172,7 +178,9 @@ class Trainer:
                     "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(),
                               *np.random.get_state()[2:]],
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "teacher": {"path": str(self.cfg.imae.teacher)} if self.cfg.method == "imae" else None,
+            "teacher": ({"path": str(self.cfg.imae.teacher), "fingerprint": self.teacher_fp,
+                         "step": getattr(self.teacher, "checkpoint_step", None)}
+                        if self.cfg.method == "imae" else None),
             "hardware": self.hardware,
         }
 
@@ -341,7 +349,11 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
     validate(cfg)
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
-    teacher, tfp = load_teacher(cfg, device) if cfg.method == "imae" and cfg.imae.teacher else (None, None)
+    teacher, tfp = None, None
+    if cfg.method == "imae" and cfg.imae.teacher:
+        teacher, tfp = load_teacher(cfg, device)
+    elif cfg.method == "mae" and cfg.train.init_from:
+        teacher, tfp = load_teacher(cfg, device, cfg.train.init_from)  # only its weights are used
     fp = fingerprint(cfg, tfp)
     run_dir = open_run_dir(out, cfg, fp, derived=derived(cfg, info.world), overwrite=overwrite,
                            write=info.is_main)
@@ -357,7 +369,8 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
             ckpt = load_checkpoint(run_dir / "checkpoint.pt")
             if ckpt.get("finished"):
                 return run_dir
-        trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress)
+        trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
+                          teacher_fp=tfp)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
         elif info.is_main:

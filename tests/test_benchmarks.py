@@ -35,7 +35,7 @@ def test_cpu_pipeline_smoke_writes_json(toy_root, tmp_path):
     out = tmp_path / "pipe.json"
     res = cpu_pipeline.main(["--dataset", "cifar10", "--data-root", str(toy_root), "--json", str(out),
                              "--out-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
-                             "--set", "train.batch_size=100", "--set", "data.subset_per_class=null",
+                             "--set", "train.batch_size=100", "--set", "data.subset_per_class=0",
                              "--eval-what", "knn", "reconstruction"])
     data = json.loads(out.read_text())
     names = [s["stage"] for s in data["stages"]]

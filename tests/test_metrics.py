@@ -15,9 +15,9 @@ from imae.errors import CheckpointError, ConfigError, RunDirError
 from imae.metrics import (PSNR_CAP, RIDGE_GRID, LoadedModel, clean_features, degree_of_semantics, evaluate,
                           fit_ridge, knn_classifier, linear_classifier, linear_separability, load_eval_data,
                           load_model, load_reference, make_pairs, psnr, r2_score, ssim)
-from imae.metrics.features import encode
+from imae.metrics.features import EvalData, Pairs, Split, encode
 from imae.metrics.reconstruction import predicted_image
-from imae.metrics.separability import NoRefitScores
+from imae.metrics.separability import NoRefitScores, reference_pass
 from imae.models import MaskedAutoencoderViT
 
 WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
@@ -129,11 +129,53 @@ def test_ssim_identity_and_monotone_in_noise():
         ssim(x[..., :8, :8], x[..., :8, :8])
 
 
-def test_norm_pix_prediction_is_denormalised_with_the_target_patch_stats():
-    mae = MaskedAutoencoderViT(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
-                               decoder_depth=1, decoder_num_heads=2, norm_pix_loss=True)
-    x = torch.randn(2, 3, 16, 16)
-    assert torch.allclose(predicted_image(mae, mae.target_patches(x), x), x, atol=1e-4)
+def _tiny_mae(**kw) -> MaskedAutoencoderViT:
+    return MaskedAutoencoderViT(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                                decoder_depth=1, decoder_num_heads=2, **kw)
+
+
+def test_norm_pix_prediction_uses_only_the_visible_mixture_statistics():
+    """A norm-pix prediction of zeros must not get its target's per-patch means for free.
+
+    The old de-normalisation used the scored target's own patch statistics, so a prediction of zeros came
+    back as the target's patch-mean image (a good PSNR for nothing). Now it comes back as one flat level per
+    image taken from the VISIBLE patches of the mixture the model saw, and the hidden patches of that
+    mixture (and the target) do not change it."""
+    from imae.metrics.reconstruction import psnr_masked, visible_patch_stats
+
+    torch.manual_seed(0)
+    mae = _tiny_mae(norm_pix_loss=True)
+    g = torch.Generator().manual_seed(0)
+    # targets whose 16 patches have very different means: the patch-mean image is close to the target
+    levels = torch.rand(2, 1, 4, 4, generator=g) * 4 - 2
+    target = levels.repeat_interleave(4, 2).repeat_interleave(4, 3).expand(2, 3, 16, 16)
+    target = target + 0.05 * torch.randn(2, 3, 16, 16, generator=g)
+    x_mix = 0.3 * target + 0.7 * torch.randn(2, 3, 16, 16, generator=g)
+    visible = torch.zeros(2, 16)
+    visible[:, :4] = 1
+    removed = 1 - visible
+    zeros = torch.zeros(2, 16, 48)
+    pixel_mask = removed.reshape(2, 4, 4).repeat_interleave(4, 1).repeat_interleave(4, 2)
+
+    def unit(x):  # a [0, 1] image for PSNR
+        return ((x + 3) / 6).clamp(0, 1)
+
+    leaked = mae.unpatchify(mae.patchify(target).mean(dim=-1, keepdim=True).expand(-1, -1, 48))  # the old result
+    out = predicted_image(mae, zeros, x_mix, visible)
+    mean, _ = visible_patch_stats(mae, x_mix, visible)
+    assert torch.allclose(out, mean.view(2, 1, 1, 1).expand_as(out), atol=1e-6)  # one flat level per image
+    assert torch.all(psnr_masked(unit(out), unit(target), pixel_mask)
+                     < psnr_masked(unit(leaked), unit(target), pixel_mask) - 10)
+    # hidden content (of the mixture or of the target) does not reach the de-normalised prediction
+    x_changed = x_mix + 5 * removed.reshape(2, 4, 4).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None]
+    assert torch.equal(predicted_image(mae, zeros, x_changed, visible), out)
+    # with every patch visible and the model's own target patches, the round trip keeps each patch's contrast
+    pred = mae.target_patches(x_mix)
+    back = mae.patchify(predicted_image(mae, pred, x_mix))
+    assert torch.allclose(back - back.mean(-1, keepdim=True),
+                          (mae.patchify(x_mix) - mae.patchify(x_mix).mean(-1, keepdim=True))
+                          * (visible_patch_stats(mae, x_mix)[1] / mae.patchify(x_mix).var(-1, keepdim=True)) ** 0.5,
+                          atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ pairs
@@ -224,20 +266,31 @@ def test_oracle_encoder_scores_one(mae_run):
     ls = linear_separability(m, m, data, alphas=[0.05, 0.5])
     assert all(v > 0.99 for v in ls["clean_r2"].values())
     assert ls["no_refit"]["head"] == "decoder_embed" and len(ls["no_refit"]["sub"]["r2"]) == 2
+    assert ls["ratio"]["mean"]["sub"] == pytest.approx([r / ls["clean_r2"]["mean"] for r in
+                                                        ls["ridge"]["mean"]["sub"]["r2"]])
     # feed the hook the clean subordinate's own tokens: heads == targets for 'sub'
-    scores = NoRefitScores(m, m.mae, 1)
+    scores = _no_refit(m, m.mae, data, torch.arange(8), torch.arange(8, 16))
     x_sub, x_dom = data.test.normalized(torch.arange(8), "cpu"), data.test.normalized(torch.arange(8, 16), "cpu")
     scores(0, slice(0, 8), x_sub, x_dom, encode(m.mae, x_sub))
     res = scores.result()
     assert res["sub"]["r2"][0] == pytest.approx(1.0, abs=1e-9)
-    assert res["sub"]["cosine"][0] == pytest.approx(1.0, abs=1e-6)
-    assert res["dom"]["r2"][0] < 0.9
+    assert res["sub"]["centred_cosine"][0] == pytest.approx(1.0, abs=1e-6)
+    assert res["dom"]["r2"][0] < 0.9 and "cosine" not in res["sub"]
+
+
+def _no_refit(model, reference, data, a, b, n_alphas: int = 1) -> NoRefitScores:
+    """NoRefitScores for test pairs (a, b), centred on the train split's pairs (one per train image)."""
+    fit_pairs = make_pairs(data.train.labels, seed=0)
+    _, fit_mean = reference_pass(reference, data.train, fit_pairs)
+    _, test_mean = reference_pass(reference, data.test, Pairs(a, b, "different"))
+    return NoRefitScores(model, reference, n_alphas, len(a), fit_mean=fit_mean, test_mean=test_mean)
 
 
 def test_no_refit_r2_matches_flattened_r2(mae_run):
     m = load_model(mae_run)
     data = load_eval_data(m.config)
-    scores = NoRefitScores(m, m.mae, 1)
+    scores = _no_refit(m, m.mae, data, torch.cat([torch.arange(0, 10), torch.arange(10, 20)]),
+                       torch.cat([torch.arange(30, 40), torch.arange(40, 50)]))
     heads, targets = [], []
     for start in (0, 10):
         idx_a, idx_b = torch.arange(start, start + 10), torch.arange(start + 30, start + 40)
@@ -248,6 +301,198 @@ def test_no_refit_r2_matches_flattened_r2(mae_run):
         targets.append(m.mae.decoder_embed(encode(m.mae, x_a)).flatten(1))
     expected = r2_score(torch.cat(targets), torch.cat(heads))
     assert scores.result()["sub"]["r2"][0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_no_refit_scores_are_centred_a_constant_head_scores_zero(mae_run):
+    """A head that outputs the mean target (a constant) carries no information about the pair. Its raw
+    cosine with the targets is high (the tokens share a large common part) — which the old score reported —
+    while the centred cosine is 0 and R² is the constant control's, about 0."""
+    import types
+
+    m = load_model(mae_run)
+    data = load_eval_data(m.config)
+    pairs = make_pairs(data.test.labels, 40, seed=1)
+    holder = {}
+    head = types.SimpleNamespace(decoder_embed=lambda tok: holder["m"].to(tok.dtype).expand(tok.shape[0], -1, -1))
+    scores = _no_refit(types.SimpleNamespace(imae=None, mae=head), m.mae, data, pairs.a, pairs.b)
+    holder["m"] = scores.fit_mean["sub"]
+    raw = []
+    for sl in (slice(0, 20), slice(20, 40)):
+        x_a, x_b = data.test.normalized(pairs.a[sl], "cpu"), data.test.normalized(pairs.b[sl], "cpu")
+        scores(0, sl, x_a, x_b, encode(m.mae, 0.3 * x_a + 0.7 * x_b))
+        t = m.mae.decoder_embed(encode(m.mae, x_a)).double()
+        raw.append(torch.nn.functional.cosine_similarity(holder["m"].expand_as(t), t, dim=-1).mean(dim=1))
+    res = scores.result()
+    assert float(torch.cat(raw).mean()) > 0.5  # the raw cosine: high for a predictor that knows nothing
+    assert res["sub"]["centred_cosine"][0] == pytest.approx(0.0, abs=0.02)  # float32 rounding of the mean
+    assert res["sub"]["r2"][0] == pytest.approx(res["sub"]["const_r2"], abs=1e-6)
+    assert -0.2 < res["sub"]["r2"][0] <= 0.0
+    items = scores.items()
+    assert items["no_refit/sub/sse"].shape == (1, 40) and items["no_refit/sub/sst"].shape == (40,)
+    assert 1 - items["no_refit/sub/sse"][0].sum() / items["no_refit/sub/sst"].sum() == pytest.approx(
+        res["sub"]["r2"][0], abs=1e-5)
+
+
+# Images whose class is a band of rows: class c lights rows 3c..3c+2 (value 1 after normalisation), so a
+# mixture shows the subordinate's band at alpha and the dominant's at 1 - alpha: fake encoders can read
+# either exactly, which gives oracles with known scores.
+REGION_ARCH = dict(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                   decoder_depth=1, decoder_num_heads=2)
+
+
+def _region_data(per_class_train: int = 30, per_class_test: int = 20) -> EvalData:
+    from imae.data.augment import BatchAugment
+
+    norm = BatchAugment(32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), train=False)  # x / 255
+
+    def split(per_class, name):
+        labels = torch.arange(10).repeat(per_class)
+        images = torch.zeros(len(labels), 3, 32, 32, dtype=torch.uint8)
+        for c in range(10):
+            images[labels == c, :, 3 * c:3 * c + 3] = 255
+        return Split(images, labels, 10, norm, name)
+
+    return EvalData(split(per_class_train, "train"), split(per_class_test, "test"), "regions", None)
+
+
+class RegionEncoder(MaskedAutoencoderViT):
+    """Reads the class bands: ``sub`` -> one-hot of the WEAKER band present (the subordinate of a mixture, the
+    class of a clean image); ``both`` -> two-hot of the bands present (which is which is lost)."""
+
+    def __init__(self, mode: str):
+        super().__init__(**REGION_ARCH)
+        self.mode = mode
+
+    def forward_features(self, x):
+        r = torch.stack([x[:, :, 3 * c:3 * c + 3].mean(dim=(1, 2, 3)) for c in range(10)], dim=1)
+        present = r > 0.02
+        if self.mode == "sub":
+            f = torch.nn.functional.one_hot(torch.where(present, r, torch.inf).argmin(dim=1), 10).float()
+        else:
+            f = present.float()
+        f = torch.nn.functional.pad(f, (0, self.embed_dim - 10))
+        return f[:, None].expand(-1, 1 + self.num_patches, -1).contiguous()
+
+
+def _fake(mae, name: str) -> LoadedModel:
+    from imae.config import RunConfig
+
+    return LoadedModel(mae.eval().requires_grad_(False), None, RunConfig(), "mae", Path(name), name)
+
+
+def test_an_encoder_of_the_subordinate_class_scores_on_sub_not_dom():
+    """DS and LS of an encoder whose feature is the SUBORDINATE's class: sub ≈ 1, dom ≈ chance, so a sub/dom
+    swap anywhere in the metric code is caught. With different-class pairs, the dominant's class is one of
+    the 9 classes the subordinate is not: chance is 1/9, and the encoder scores about that on dom."""
+    data = _region_data()
+    sub = _fake(RegionEncoder("sub"), "sub-oracle")
+    ds = degree_of_semantics(sub, data, alphas=[0.2], pools=("mean",))
+    assert ds["chance"] == pytest.approx(1 / 9) and ds["set_chance"] == pytest.approx(1 / 45)
+    assert ds["accuracy"]["mean"]["sub"][0] > 0.98 and ds["clean_accuracy"]["mean"] > 0.98
+    assert ds["accuracy"]["mean"]["dom"][0] < 0.25
+    items = ds["items"]
+    assert items["mean/sub/correct"].shape == (1, 200) and items["mean/sub/correct"].dtype == bool
+    assert items["mean/dom/correct"].mean() == pytest.approx(ds["accuracy"]["mean"]["dom"][0])
+    assert np.array_equal(data.test.labels[items["pairs_a"]] != data.test.labels[items["pairs_b"]], np.ones(200, bool))
+    ls = linear_separability(sub, sub, data, alphas=[0.2], pools=("mean",))
+    assert ls["ridge"]["mean"]["sub"]["r2"][0] > 0.98 and ls["ridge"]["mean"]["dom"]["r2"][0] < 0.1
+    assert ls["no_refit"]["sub"]["r2"][0] > 0.98 and ls["no_refit"]["dom"]["r2"][0] < 0.1
+    assert ls["no_refit"]["sub"]["centred_cosine"][0] > 0.98
+
+
+def test_set_valued_semantics_at_alpha_one_half():
+    """An encoder that sees both classes but not which is which: per-role accuracy ≈ 1/2, the set {sub, dom}
+    read from the summed sub + dom probabilities ≈ 1."""
+    from imae.metrics.semantics import set_chance, set_correct
+
+    data = _region_data()
+    both = _fake(RegionEncoder("both"), "both")
+    ds = degree_of_semantics(both, data, alphas=[0.5], pools=("mean",))
+    assert ds["set_accuracy"]["mean"][0] > 0.95
+    for t in ("sub", "dom"):
+        assert 0.3 < ds["accuracy"]["mean"][t][0] < 0.7
+    assert ds["items"]["mean/set_correct"].mean() == pytest.approx(ds["set_accuracy"]["mean"][0])
+    # the rule itself: top-2 of the summed probabilities is the set; a one-class pair needs top-1
+    p_sub = np.array([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    p_dom = np.array([[0.1, 0.2, 0.7], [0.1, 0.2, 0.7], [0.1, 0.2, 0.7]])
+    assert set_correct(p_sub, p_dom, [0, 0, 2], [2, 1, 2]).tolist() == [True, False, True]
+    assert set_chance(10, torch.tensor([0, 1]), torch.tensor([1, 1])) == pytest.approx((1 / 45 + 1 / 10) / 2)
+
+
+def test_untrained_vit_is_the_null_not_noise(mae_run):
+    """An UNTRAINED ViT of the same architecture reads the mixture's pixels: far above the noise null where
+    pixels carry the answer (the dominant's class and feature), near chance / R² ≈ 0 for the subordinate at
+    small alpha, with centred no-refit scores ≈ 0 (its heads know nothing of the reference's targets), and
+    strictly below the oracle's clean ceiling."""
+    ref = load_model(mae_run)
+    data = load_eval_data(ref.config)
+    torch.manual_seed(123)
+    from imae.models import mae_from_config
+
+    untrained = _fake(mae_from_config(ref.config.model), "untrained")
+    ls = linear_separability(untrained, ref, data, alphas=[0.1, 0.5], pools=("mean",))
+    r2 = ls["ridge"]["mean"]
+    assert abs(r2["sub"]["r2"][0]) < 0.1 and r2["dom"]["r2"][0] > 0.5
+    assert r2["sub"]["r2"][1] > r2["sub"]["r2"][0] + 0.2  # more of the subordinate at alpha = 0.5
+    assert r2["sub"]["r2"][1] < ls["clean_r2"]["mean"] - 0.2  # below the clean ceiling
+    for t in ("sub", "dom"):
+        assert all(abs(c) < 0.1 for c in ls["no_refit"][t]["centred_cosine"])
+        assert abs(ls["const_r2"]["mean"][t]) < 0.05
+    ds = degree_of_semantics(untrained, data, alphas=[0.1], pools=("mean",))
+    acc = ds["accuracy"]["mean"]
+    assert acc["dom"][0] > ds["chance"] + 0.2 and acc["sub"][0] < acc["dom"][0] - 0.2
+    assert acc["sub"][0] < ds["chance"] + 0.15  # 100 test pairs
+    assert acc["dom"][0] <= ds["clean_accuracy"]["mean"] + 0.1  # the clean image is the easier task
+
+
+def test_an_oracle_behind_an_invertible_linear_map(mae_run):
+    """The reference's features through a fixed random invertible linear map: the refit recovers them
+    (clean R² ≈ 1, mixture R² as the reference's own), the no-refit score (the unchanged head applied to the
+    mapped tokens) does not."""
+    ref = load_model(mae_run)
+    data = load_eval_data(ref.config)
+    q = torch.randn(ref.mae.embed_dim, ref.mae.embed_dim, generator=torch.Generator().manual_seed(0))
+
+    class Mapped(MaskedAutoencoderViT):
+        def forward_features(self, imgs):
+            return super().forward_features(imgs) @ q
+
+    mapped = Mapped(**_arch(ref.config.model))
+    mapped.load_state_dict(ref.mae.state_dict())
+    mapped = _fake(mapped, "mapped")
+    ls = linear_separability(mapped, ref, data, alphas=[0.3], pools=("mean",))
+    own = linear_separability(ref, ref, data, alphas=[0.3], pools=("mean",))
+    assert ls["clean_r2"]["mean"] > 0.99
+    for t in ("sub", "dom"):
+        assert ls["ridge"]["mean"][t]["r2"][0] == pytest.approx(own["ridge"]["mean"][t]["r2"][0], abs=0.05)
+        assert ls["no_refit"][t]["r2"][0] < 0 and own["no_refit"]["dom"]["r2"][0] > 0.3
+    scores = _no_refit(mapped, ref.mae, data, torch.arange(8), torch.arange(8, 16))
+    x_sub = data.test.normalized(torch.arange(8), "cpu")
+    scores(0, slice(0, 8), x_sub, data.test.normalized(torch.arange(8, 16), "cpu"), encode(mapped.mae, x_sub))
+    assert scores.result()["sub"]["r2"][0] < 0.5  # the clean subordinate itself: the identity oracle scores 1
+
+
+def test_separability_items_reproduce_the_reported_numbers(mae_run):
+    m = load_model(mae_run)
+    data = load_eval_data(m.config)
+    ls = linear_separability(m, m, data, alphas=[0.1, 0.4], pools=("cls", "mean"), n_pairs=80)
+    it = ls["items"]
+    assert it["pairs_a"].dtype == np.int64 and it["pairs_a"].shape == (80,)
+    for p in ("cls", "mean"):
+        for t in ("sub", "dom"):
+            sse, sst = it[f"{p}/{t}/sse"], it[f"{p}/{t}/sst"]
+            assert sse.shape == (2, 80) and sst.shape == (80,) and sse.dtype == np.float32
+            r2 = 1 - sse.astype(np.float64).sum(axis=1) / sst.astype(np.float64).sum()
+            assert r2 == pytest.approx(ls["ridge"][p][t]["r2"], abs=1e-5)
+            assert 1 - it[f"{p}/{t}/sse_const"].sum() / sst.sum() == pytest.approx(ls["const_r2"][p][t], abs=1e-5)
+            assert ls["ratio"][p][t] == pytest.approx([r / ls["clean_r2"][p] for r in ls["ridge"][p][t]["r2"]])
+        clean = 1 - it[f"{p}/clean/sse"].sum() / it[f"{p}/clean/sst"].sum()
+        assert clean == pytest.approx(ls["clean_r2"][p], abs=1e-5)
+    for t in ("sub", "dom"):
+        nr = 1 - it[f"no_refit/{t}/sse"].astype(np.float64).sum(axis=1) / it[f"no_refit/{t}/sst"].sum()
+        assert nr == pytest.approx(ls["no_refit"][t]["r2"], abs=1e-5)
+        assert it[f"no_refit/{t}/centred_cosine"].mean(axis=1) == pytest.approx(ls["no_refit"][t]["centred_cosine"],
+                                                                              abs=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- end to end

@@ -25,7 +25,7 @@ def _check_batch(batch_size: int, n: int, world: int, what: str) -> None:
     if batch_size > n:
         raise ConfigError(
             f"batch_size={batch_size} is larger than the dataset ({n} images in {what}); "
-            f"lower batch_size to at most {n} (or use more data: subset_per_class=None)")
+            f"lower batch_size to at most {n} (or use more data: subset_per_class=0 for every image)")
     if batch_size % world:
         raise ConfigError(f"batch_size={batch_size} must be divisible by the number of processes ({world})")
 

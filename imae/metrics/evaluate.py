@@ -2,9 +2,18 @@
 
 ``what`` is one of :data:`WHATS`. The model comes from a run directory or checkpoint, the images from its
 config's dataset and data root (overridable). With ``out``, the result is written to ``out/<what>.json``
-(numbers + metadata: checkpoint, fingerprint, dataset, alphas, seed, device, wall time; example images of
-the reconstruction go to ``out/reconstruction_examples.npz``) and the options and the model's config to
+(numbers + metadata: checkpoint, fingerprint, dataset, alphas, seed, device, wall time, code version;
+example images of the reconstruction go to ``out/reconstruction_examples.npz``, the per-item arrays of
+``result["items"]`` — which test items were right, per-pair errors, ... for bootstrap intervals — to
+``out/<what>_items.npz``, named in the JSON as ``items_file``) and the options and the model's config to
 ``out/config.yaml``, which collects every evaluation of ONE model (a folder of another model is refused).
+
+Per-item arrays of every evaluation (``items``; A alphas, P test pairs, N test images):
+
+* ``linear-probe``, ``knn``: ``{pool}/correct`` (N,) bool and ``test_index`` (N,) int64;
+* ``semantics``, ``separability``, ``reconstruction``: see their modules (``pairs_a``, ``pairs_b`` (P,)
+  int64 name the test pairs);
+* ``finetune``: none.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from .features import PAIRINGS, check_alphas, load_eval_data
 from .finetune import finetune
 from .loading import LoadedModel, load_model, load_reference, resolve_device
 from .probes import knn, linear_probe
+from .sourcehash import code_version
 from .reconstruction import reconstruction_quality
 from .semantics import degree_of_semantics
 from .separability import linear_separability
@@ -62,7 +72,8 @@ def _defaults(what: str) -> dict:
 
 
 def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike | None = None,
-             reference: str | os.PathLike | None = None, device: str = "auto", **options) -> dict:
+             reference: str | os.PathLike | None = None, device: str = "auto",
+             reference_fingerprint: str | None = None, **options) -> dict:
     """Run one evaluation of a trained MAE / i-MAE.
 
     Args:
@@ -70,13 +81,18 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
         what: one of ``separability``, ``semantics``, ``linear-probe``, ``knn``, ``finetune``, ``reconstruction``.
         out: folder for ``<what>.json`` and ``config.yaml`` (None: return only).
         reference: the reference encoder for separability and the MAE baseline of reconstruction (default:
-            an i-MAE's teacher, an MAE itself); other evaluations ignore it.
+            an i-MAE's teacher, verified against the fingerprint its training recorded; an MAE itself); other
+            evaluations ignore it.
         device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``.
+        reference_fingerprint: pin the reference: evaluating several models against one reference, pass its
+            fingerprint and a reference that differs is refused (see
+            :func:`~imae.metrics.loading.load_reference`).
         **options: ``dataset``, ``data_root``, ``max_images`` (images per split, balanced over classes),
             ``model_config``, and the keyword arguments of the evaluation's function (see
             :func:`options_for`), e.g. ``alphas``, ``n_pairs``, ``batch_size``, ``seed``, ``epochs``.
     Returns:
-        the metric's dict plus ``what`` and ``metadata``.
+        the metric's dict plus ``what`` and ``metadata``; ``items`` holds per-item numpy arrays (written to
+        ``<what>_items.npz``, not to the JSON).
     """
     what = check_what(what)
     allowed = options_for(what)
@@ -100,7 +116,7 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
         kwargs.pop("seed", None)
     ref = None
     if what == "separability" or (what == "reconstruction" and model.kind == "imae"):
-        ref = load_reference(model, reference, device=dev)
+        ref = load_reference(model, reference, device=dev, expect_fingerprint=reference_fingerprint)
     fn = _FUNCTIONS[what]
     if what in ("separability", "reconstruction"):
         result = fn(model, ref, data, device=dev, **kwargs)
@@ -109,8 +125,10 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
     else:  # clean-image evaluations of the encoder
         result = fn(model.mae, data, device=dev, **kwargs)
         if what != "finetune":
+            items = {f"{p}/correct": np.asarray(r.pop("correct"), dtype=bool) for p, r in result.items()}
+            items["test_index"] = np.arange(len(data.test), dtype=np.int64)
             result = {"pools": list(result), "accuracy": {p: r["accuracy"] for p, r in result.items()},
-                      "chance": 1.0 / data.train.num_classes, "per_pool": result}
+                      "chance": 1.0 / data.train.num_classes, "per_pool": result, "items": items}
     wall = time.perf_counter() - t0
     result = {"what": what, **result,
               "metadata": _metadata(model, ref, data, what, {**kwargs, "seed": seed}, dev, wall, checkpoint)}
@@ -126,7 +144,8 @@ def _metadata(model: LoadedModel, ref, data, what, kwargs, dev, wall, checkpoint
             "dataset": data.dataset, "data_root": data.root, "n_train_images": len(data.train),
             "n_test_images": len(data.test), "alphas": kwargs.get("alphas"), "seed": kwargs.get("seed"),
             "device": str(dev), "device_name": device_name, "torch_threads": torch.get_num_threads(),
-            "wall_time_s": round(wall, 3), "imae_version": __version__, "torch_version": torch.__version__,
+            "wall_time_s": round(wall, 3), "imae_version": __version__, "code_version": code_version(),
+            "torch_version": torch.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -150,7 +169,8 @@ def _plain(x):
 
 def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, options: dict,
                  data_options: dict) -> Path:
-    """Write ``out/<what>.json`` (+ example images) and merge this evaluation into ``out/config.yaml``."""
+    """Write ``out/<what>.json`` (+ example images, + per-item arrays) and merge this evaluation into
+    ``out/config.yaml``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     what = result["what"]
@@ -164,11 +184,12 @@ def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, op
     examples = body.pop("examples", None)
     if examples:
         npz = out / f"{what}_examples.npz"
-        arrays = {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()}
-        tmp = npz.with_name(f".{npz.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, npz)
+        _write_npz(npz, {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()})
         body["examples_file"] = npz.name
+    items = body.pop("items", None)
+    if items:
+        _write_npz(out / f"{what}_items.npz", {str(k): _array(v) for k, v in items.items()})
+        body["items_file"] = f"{what}_items.npz"
     atomic_write_text(out / f"{what}.json", json.dumps(_plain(body), indent=1) + "\n")
     cfg = cfg or {"model": {"checkpoint": str(model.path), "kind": model.kind, "fingerprint": model.fingerprint,
                             "teacher": model.teacher_path, "config": model.config.to_dict()}, "evaluations": {}}
@@ -177,3 +198,18 @@ def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, op
         "reference": result["metadata"]["reference"], "device": result["metadata"]["device"]})
     atomic_write_text(cfg_path, yaml.safe_dump(_plain(cfg), sort_keys=False))
     return out / f"{what}.json"
+
+
+def _array(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """``np.savez_compressed`` to a temporary name in the same folder, then an atomic rename."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

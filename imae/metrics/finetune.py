@@ -18,6 +18,7 @@ import copy
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,15 +76,16 @@ def _lr(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
 
 
 @torch.no_grad()
-def _test_accuracy(model: Classifier, data: EvalData, batch_size: int, device) -> float:
+def _test_correct(model: Classifier, data: EvalData, batch_size: int, device) -> torch.Tensor:
+    """(N,) bool: which test images the model classifies correctly."""
     model.eval()
-    correct = 0
+    parts = []
     for start in range(0, len(data.test), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data.test)))
         with autocast(device):
             logits = model(data.test.normalized(idx, device))
-        correct += int((logits.argmax(dim=1).cpu() == data.test.labels[idx]).sum())
-    return correct / len(data.test)
+        parts.append(logits.argmax(dim=1).cpu() == data.test.labels[idx])
+    return torch.cat(parts)
 
 
 def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128, blr: float = 1e-3,
@@ -157,10 +159,12 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
         if not math.isfinite(train_loss):
             raise ImaeError(f"fine-tuning loss became {train_loss} in epoch {epoch + 1}; lower blr "
                                      f"(now {blr}) or check the checkpoint")
+        correct = _test_correct(model, data, 4 * batch_size, device)
         curve.append({"epoch": epoch + 1, "train_loss": train_loss,
-                      "test_accuracy": _test_accuracy(model, data, 4 * batch_size, device), "lr": cur,
+                      "test_accuracy": float(correct.float().mean()), "lr": cur,
                       "time_s": round(time.perf_counter() - t0, 3)})
     return {"accuracy": curve[-1]["test_accuracy"], "curve": curve, "epochs": epochs, "pool": pool,
             "batch_size": batch_size, "blr": blr, "lr": lr, "layer_decay": layer_decay, "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "crop_scale": list(crop_scale),
-            "n_train": n, "n_test": len(data.test)}
+            "n_train": n, "n_test": len(data.test),
+            "items": {f"{pool}/correct": correct.numpy(), "test_index": np.arange(len(data.test), dtype=np.int64)}}

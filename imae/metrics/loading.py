@@ -6,12 +6,16 @@ for an i-MAE the path of its teacher (``config.imae.teacher``).
 
 The *reference encoder* of the separability metric and of the reconstruction baseline is, by default, the
 i-MAE's teacher for an i-MAE and the model itself for an MAE, so an MAE and the i-MAE distilled from it are
-scored against the same targets. :func:`load_reference` resolves it.
+scored against the same targets. :func:`load_reference` resolves it and VERIFIES it: training records the
+teacher's fingerprint and step in the i-MAE's checkpoint (``ckpt["teacher"]``), and the teacher found at
+that path must still have that fingerprint (a retrained or continued teacher is another encoder). A caller
+comparing several models pins the reference with ``expect_fingerprint``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -39,6 +43,11 @@ class LoadedModel:
         fingerprint: the run's fingerprint (``external:NAME:SIZE`` for a foreign checkpoint).
         teacher_path: an i-MAE's teacher (``config.imae.teacher``), else None.
         decoder_loaded: False for an encoder-only checkpoint (features work, reconstruction does not).
+        step: the checkpoint's optimizer step (None for a foreign checkpoint).
+        as_teacher: what identifies this checkpoint when it is a teacher
+            (:func:`imae.train.teacher_fingerprint`: the run's fingerprint, ``@stepN`` while unfinished).
+        teacher_fingerprint, teacher_step: an i-MAE's teacher as its training recorded it (None for
+            checkpoints written before training recorded it).
     """
 
     mae: MaskedAutoencoderViT
@@ -49,9 +58,14 @@ class LoadedModel:
     fingerprint: str
     teacher_path: Optional[str] = None
     decoder_loaded: bool = True
+    step: Optional[int] = None
+    as_teacher: Optional[str] = None
+    teacher_fingerprint: Optional[str] = None
+    teacher_step: Optional[int] = None
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "fingerprint": self.fingerprint}
+        return {"path": str(self.path), "kind": self.kind, "fingerprint": self.fingerprint,
+                "as_teacher": self.as_teacher, "step": self.step}
 
 
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -72,6 +86,12 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
     """
     p = checkpoint_path(path)
     ckpt = load_checkpoint(p)
+    if is_imae_checkpoint(ckpt) and ckpt.get("pixels"):  # the pixel control (imae.controls.pixel_run)
+        from ..controls import PixelEncoder
+
+        cfg = RunConfig.from_dict(ckpt["config"])
+        return LoadedModel(PixelEncoder(cfg.model), None, cfg, "pixels", p, ckpt["fingerprint"],
+                           decoder_loaded=False)
     if is_imae_checkpoint(ckpt):
         cfg = RunConfig.from_dict(ckpt["config"])
         kind = cfg.method
@@ -84,8 +104,11 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
             _load_strict(imae, ckpt["model"], p)
         else:
             load_mae_weights(mae, mae_state_dict(ckpt), source=str(p))
-        teacher = ((ckpt.get("teacher") or {}).get("path") or cfg.imae.teacher) if kind == "imae" else None
-        out = LoadedModel(mae, imae, cfg, kind, p, ckpt.get("fingerprint", "unknown"), teacher)
+        record = (ckpt.get("teacher") or {}) if kind == "imae" else {}
+        teacher = (record.get("path") or cfg.imae.teacher) if kind == "imae" else None
+        out = LoadedModel(mae, imae, cfg, kind, p, ckpt.get("fingerprint", "unknown"), teacher,
+                          step=ckpt.get("step"), as_teacher=_as_teacher(ckpt, p),
+                          teacher_fingerprint=record.get("fingerprint"), teacher_step=record.get("step"))
     else:
         if model_config is None:
             raise CheckpointError(
@@ -98,7 +121,7 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
         load_mae_weights(mae, state, source=str(p), allow_missing=("decoder", "mask_token"))
         has_decoder = all(k in state for k in mae.state_dict() if k.startswith(("decoder", "mask_token")))
         out = LoadedModel(mae, None, cfg, "mae", p, f"external:{p.name}:{p.stat().st_size}",
-                          decoder_loaded=has_decoder)
+                          decoder_loaded=has_decoder, as_teacher=_as_teacher(ckpt, p))
     _freeze(out.mae)
     if out.imae is not None:
         _freeze(out.imae)
@@ -106,6 +129,12 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
     if out.imae is not None:
         out.imae.to(device)
     return out
+
+
+def _as_teacher(ckpt: dict, path: Path) -> str:
+    from ..train import teacher_fingerprint  # the one definition training uses
+
+    return teacher_fingerprint(ckpt, path)
 
 
 def _load_strict(module: torch.nn.Module, state: dict, source: Path) -> None:
@@ -119,21 +148,30 @@ def _load_strict(module: torch.nn.Module, state: dict, source: Path) -> None:
 
 
 def load_reference(model: LoadedModel, reference: str | os.PathLike | LoadedModel | None = None, *,
-                   device: str | torch.device = "cpu") -> LoadedModel:
-    """The reference encoder the metrics compare against.
+                   device: str | torch.device = "cpu", expect_fingerprint: str | None = None) -> LoadedModel:
+    """The reference encoder the metrics compare against, verified by fingerprint.
 
     Args:
         model: the evaluated model.
         reference: None -> an i-MAE's teacher, an MAE itself; a path -> that checkpoint (its MAE part);
             a LoadedModel -> used as is.
         device: where to put it.
+        expect_fingerprint: the reference must have this fingerprint (its run's fingerprint, or its
+            teacher fingerprint ``<fp>@step<N>`` for an unfinished run, or ``external:NAME:SIZE``); pass the
+            same value for every model compared against one reference.
+    Raises:
+        ConfigError: the teacher at an i-MAE's recorded path no longer has the fingerprint its training
+            recorded (it was retrained or trained further since), or the reference differs from
+            ``expect_fingerprint``. An i-MAE checkpoint written before training recorded its teacher's
+            fingerprint is loaded with a warning; so is an explicit ``reference`` that is not the i-MAE's
+            recorded teacher.
     """
     if isinstance(reference, LoadedModel):
         ref = reference
     elif reference is not None:
         ref = load_model(reference, model_config=model.config.model, device=device)
     elif model.kind == "mae":
-        return model
+        ref = model
     else:
         t = model.teacher_path
         if not t:
@@ -145,11 +183,44 @@ def load_reference(model: LoadedModel, reference: str | os.PathLike | LoadedMode
                 f"the i-MAE's teacher {t} (config imae.teacher of {model.path}) was not found. Fix: pass "
                 f"reference=PATH (--reference) pointing at that MAE run directory or checkpoint")
         ref = load_model(t, model_config=model.config.model, device=device)
+        _check_teacher(model, ref)
+    if expect_fingerprint is not None and expect_fingerprint not in (ref.fingerprint, ref.as_teacher):
+        raise ConfigError(
+            f"the reference {ref.path} has fingerprint {ref.as_teacher or ref.fingerprint} but "
+            f"{expect_fingerprint} was expected (expect_fingerprint / reference_fingerprint): the models compared "
+            f"would not share one reference. Fix: pass reference=PATH of the run with fingerprint "
+            f"{expect_fingerprint}, or pin the fingerprint of the reference you mean to use")
+    if ref is model:
+        return ref
+    if (model.kind == "imae" and reference is not None and model.teacher_fingerprint is not None
+            and ref.as_teacher != model.teacher_fingerprint):
+        warnings.warn(f"the reference {ref.path} ({ref.as_teacher}) is not the teacher {model.path} was trained "
+                      f"with ({model.teacher_fingerprint})", stacklevel=2)
     m, r = model.config.model, ref.config.model
     if (m.img_size, m.in_chans) != (r.img_size, r.in_chans):
         raise ConfigError(f"the reference {ref.path} takes {r.img_size}px x {r.in_chans} channels but the model "
                           f"takes {m.img_size}px x {m.in_chans}; pick a reference trained on the same images")
     return ref
+
+
+def _check_teacher(model: LoadedModel, teacher: LoadedModel) -> None:
+    """The teacher found at an i-MAE's recorded path must be the one its training recorded."""
+    recorded = model.teacher_fingerprint
+    if recorded is None:
+        warnings.warn(f"{model.path} was written before training recorded its teacher's fingerprint, so the "
+                      f"teacher at {model.teacher_path} ({teacher.as_teacher}) cannot be verified to be the one it "
+                      f"was trained with", stacklevel=3)
+        return
+    if teacher.as_teacher != recorded:
+        def at(fp, step):
+            return f"{fp} (step {step})" if step is not None else fp
+
+        raise ConfigError(
+            f"the teacher at {model.teacher_path} changed since the i-MAE {model.path} was trained: training "
+            f"recorded {at(recorded, model.teacher_step)}, the checkpoint there now is "
+            f"{at(teacher.as_teacher, teacher.step)}. Fix: restore that teacher run (or retrain the i-MAE "
+            f"against the current one), or pass reference=PATH (--reference) to the run with fingerprint "
+            f"{recorded}")
 
 
 __all__ = ["LoadedModel", "load_model", "load_reference", "resolve_device"]

@@ -3,7 +3,9 @@
 * :func:`linear_classifier`: multinomial logistic regression on cached features, standardised with the
   training set's mean and std, trained full-batch with L-BFGS. The L2 weight decay is chosen on a seeded
   validation split of the training features from a log grid (walked from strong to weak, each fit warm-
-  starting the next), then the classifier is refitted on all training features. On 50k x 192 features it
+  starting the next), then the classifier is refitted on all training features. With ``groups`` (the image
+  ids of each row; (N, 2) for mixture pairs) the validation split is grouped by image, as ridge's
+  (:func:`imae.metrics.ridge.group_split`): no image on both sides. On 50k x 192 features it
   takes seconds on a CPU and runs on a GPU when the features are there.
   (MAE's probe is BN + linear head trained by SGD for 90 epochs; a well-regularised convex fit on the same
   frozen features gives the linear read-out without a schedule to tune, and standardising is the BN.)
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .features import POOLS, EvalData, clean_features
+from .ridge import group_split
 
 WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)  # strong -> weak (warm starts)
 
@@ -77,7 +80,8 @@ def _accuracy(x, y, w, b) -> float:
 
 def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
                       num_classes: int | None = None, weight_decays: Sequence[float] = WEIGHT_DECAYS,
-                      val_fraction: float = 0.2, max_iter: int = 100, seed: int = 0, device=None) -> dict:
+                      val_fraction: float = 0.2, max_iter: int = 100, seed: int = 0, device=None, groups=None,
+                      return_probs: bool = False) -> dict:
     """Multinomial logistic regression on frozen features; weight decay chosen on a validation split.
 
     Args:
@@ -89,23 +93,29 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         max_iter: L-BFGS iterations per fit.
         seed: the validation split's seed.
         device: where to fit (default: the CPU).
+        groups: optional image ids per training row, (N,) or (N, k) (mixture pairs: (N, 2)); the penalty's
+            validation split is then grouped by image (rows mixing validation and fitting images are left out
+            of the penalty choice, not of the final fit).
+        return_probs: also return ``probs``, the test rows' class probabilities (N_test, C) float32 numpy.
     Returns:
         ``accuracy`` (test, in [0, 1]), ``train_accuracy``, ``weight_decay`` (chosen), ``val_accuracy``
-        ({penalty: accuracy}), ``n_train``, ``n_test``.
+        ({penalty: accuracy}), ``n_train``, ``n_test``, ``n_val`` (validation rows), and ``correct``: (N_test,)
+        bool numpy, whether each test row was classified right (for resampling; not JSON).
     """
     dev = _as_device(device)
     x_train, x_test = x_train.float().to(dev), x_test.float().to(dev)
     y_train, y_test = y_train.long().to(dev), y_test.long().to(dev)
     n = x_train.shape[0]
     c = num_classes or int(max(y_train.max(), y_test.max())) + 1
-    n_val = int(round(n * val_fraction))
-    if not weight_decays or n_val < 1 or n - n_val < 2:
-        raise ConfigError(f"linear_classifier: {n} training samples with val_fraction={val_fraction} and "
-                          f"weight_decays={list(weight_decays)} cannot choose a penalty; give more samples")
+    val, fit = group_split(n, val_fraction, seed, groups)
+    if not weight_decays or len(val) < 1 or len(fit) < 2:
+        grouped = " grouped by image" if groups is not None else ""
+        raise ConfigError(f"linear_classifier: {n} training samples with val_fraction={val_fraction}{grouped} "
+                          f"({len(val)} validation, {len(fit)} fitting rows) and weight_decays="
+                          f"{list(weight_decays)} cannot choose a penalty; give more samples")
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
-    val, fit = perm[:n_val], perm[n_val:]
+    val, fit = val.to(dev), fit.to(dev)
     w = torch.zeros(x_train.shape[1], c, device=dev, requires_grad=True)
     b = torch.zeros(c, device=dev, requires_grad=True)
     val_acc, states = {}, {}
@@ -119,9 +129,16 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         w.copy_(states[best][0])
         b.copy_(states[best][1])
     _lbfgs_fit(x_train, y_train, w, b, best, max_iter)
-    return {"accuracy": _accuracy(x_test, y_test, w, b), "train_accuracy": _accuracy(x_train, y_train, w, b),
-            "weight_decay": best, "val_accuracy": {str(k): v for k, v in val_acc.items()},
-            "n_train": n, "n_test": int(x_test.shape[0])}
+    with torch.no_grad():
+        logits = x_test @ w + b
+        correct = logits.argmax(dim=1) == y_test
+    out = {"accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
+           "train_accuracy": _accuracy(x_train, y_train, w, b), "weight_decay": best,
+           "val_accuracy": {str(k): v for k, v in val_acc.items()}, "n_train": n, "n_test": int(x_test.shape[0]),
+           "n_val": int(len(val)), "correct": correct.cpu().numpy()}
+    if return_probs:
+        out["probs"] = logits.softmax(dim=1).float().cpu().numpy()
+    return out
 
 
 @torch.no_grad()
@@ -139,7 +156,8 @@ def knn_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
         batch_size: queries per similarity block.
         device: where to compute (default: the CPU).
     Returns:
-        ``accuracy`` (top-1, in [0, 1]), ``k``, ``temperature``, ``n_train``, ``n_test``.
+        ``accuracy`` (top-1, in [0, 1]), ``k``, ``temperature``, ``n_train``, ``n_test``, and ``correct``:
+        (N_test,) bool numpy, whether each query was classified right (for resampling; not JSON).
     """
     if k < 1 or temperature <= 0:
         raise ConfigError(f"knn: k={k} must be >= 1 and temperature={temperature} > 0 (defaults 20 and 0.07)")
@@ -148,15 +166,16 @@ def knn_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     labels = y_train.long().to(dev)
     c = num_classes or int(max(y_train.max(), y_test.max())) + 1
     kk = min(k, bank.shape[0])
-    correct = 0
+    correct = []
     for start in range(0, x_test.shape[0], batch_size):
         q = F.normalize(x_test[start:start + batch_size].float().to(dev), dim=1)
         sim, idx = (q @ bank.T).topk(kk, dim=1)
         votes = torch.zeros(q.shape[0], c, device=dev)
         votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
-        correct += int((votes.argmax(dim=1) == y_test[start:start + batch_size].to(dev)).sum())
-    return {"accuracy": correct / max(int(x_test.shape[0]), 1), "k": kk, "temperature": temperature,
-            "n_train": int(bank.shape[0]), "n_test": int(x_test.shape[0])}
+        correct.append((votes.argmax(dim=1) == y_test[start:start + batch_size].to(dev)).cpu())
+    correct = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return {"accuracy": int(correct.sum()) / max(int(x_test.shape[0]), 1), "k": kk, "temperature": temperature,
+            "n_train": int(bank.shape[0]), "n_test": int(x_test.shape[0]), "correct": correct.numpy()}
 
 
 def clean_split_features(encoder, data: EvalData, *, batch_size: int = 256, device="cpu",

@@ -10,14 +10,23 @@ predicted image is scored after de-normalisation to [0, 1] and clamping, twice: 
 * MAE (the evaluated MAE, or for an i-MAE its reference/teacher): its single reconstruction against each;
 * ``input``: the mixture itself against each component, the do-nothing baseline.
 
-A model trained with ``norm_pix_loss`` predicts per-patch-normalised pixels; its prediction is mapped back
-with the TRUE component's per-patch mean and std (the one it is scored against), which lends it that
-component's patch statistics — scores of norm-pix models are therefore optimistic, and say so.
+A model trained with ``norm_pix_loss`` predicts per-patch-normalised pixels, which must be mapped back with
+some patch mean and std. The TRUE component's statistics would hand the model the answer (a prediction of
+zeros would already reproduce every patch's mean colour), so we use only what the model sees: the VISIBLE
+patches of the mixture it encoded. Every patch of an image, visible or removed, is de-normalised with the
+same two numbers: the mean over the visible patches of the mixture of their per-patch means, and the mean
+over them of their per-patch variances (the unit a norm-pix prediction is expressed in). So a norm-pix
+model is scored on the contrast it predicts around the mixture's visible level, never on its target's
+statistics; branches that predict different components share that level.
 
 PSNR = 10 log10(1 / MSE) per image (data range 1), capped at :data:`PSNR_CAP` = 100 dB, which is what
 identical images (MSE = 0) score. SSIM is Wang et al. (2004): an 11 x 11 Gaussian window with sigma 1.5,
 C1 = (0.01)², C2 = (0.03)², computed per channel over 'valid' window positions (no padding) and averaged
 over positions and channels. Both are averaged over images.
+
+Per-pair outputs (``items``, for bootstrap intervals and paired differences; not JSON):
+``{imae|mae|input}/{sub|dom}/{psnr|psnr_masked|ssim}`` (A, P) float32 over alphas x test pairs, for the
+models present, and the test pairs' image indices ``pairs_a``, ``pairs_b`` (P,) int64.
 """
 
 from __future__ import annotations
@@ -86,12 +95,26 @@ def to_unit(split: Split, x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std + mean).clamp(0, 1)
 
 
-def predicted_image(mae, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Patch predictions (N, L, p*p*C) -> a normalised image; norm-pix predictions take ``target``'s patch stats."""
+def visible_patch_stats(mae, x: torch.Tensor, visible: torch.Tensor | None = None):
+    """Per image: (mean, var), each (N, 1, 1): the mean over ``x``'s visible patches of their per-patch mean
+    and of their per-patch variance (``visible`` (N, L), 1 = visible; None: every patch)."""
+    patches = mae.patchify(x.float())
+    mean, var = patches.mean(dim=-1), patches.var(dim=-1)  # (N, L), as MaskedAutoencoderViT.target_patches
+    w = torch.ones_like(mean) if visible is None else visible.to(mean.device, mean.dtype)
+    total = w.sum(dim=1).clamp(min=1.0)
+    return ((mean * w).sum(dim=1) / total)[:, None, None], ((var * w).sum(dim=1) / total)[:, None, None]
+
+
+def predicted_image(mae, pred: torch.Tensor, seen: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch predictions (N, L, p*p*C) -> a normalised image.
+
+    A norm-pix prediction is de-normalised with :func:`visible_patch_stats` of ``seen``, the image the model
+    encoded (the mixture), over its ``visible`` patches ((N, L), 1 = visible; None: all) — never with the
+    scored target's statistics (see the module docstring).
+    """
     pred = pred.float()
     if mae.norm_pix_loss:
-        patches = mae.patchify(target.float())
-        mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+        mean, var = visible_patch_stats(mae, seen, visible)
         pred = pred * (var + 1e-6) ** 0.5 + mean  # the inverse of MaskedAutoencoderViT.target_patches
     return mae.unpatchify(pred)
 
@@ -107,11 +130,11 @@ def reconstruct(mae, imae, x_mix: torch.Tensor, mask_ratio: float, noise: torch.
         return pred_sub, pred_dom, mask
 
 
-def _removed_pixels(mae, noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """(N, H, W) pixel mask (1 = removed) of the mask that ``noise`` gives every model (see random_masking)."""
+def _removed_patches(noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """(N, L) patch mask (1 = removed) that ``noise`` gives every model (see random_masking)."""
     keep = int(noise.shape[1] * (1 - mask_ratio))
     ranks = torch.argsort(torch.argsort(noise, dim=1), dim=1)
-    return _mask_image(mae, (ranks >= keep).float())
+    return (ranks >= keep).float()
 
 
 def _mask_image(mae, mask: torch.Tensor) -> torch.Tensor:
@@ -143,8 +166,10 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
         example_alphas: the alphas of the examples.
     Returns:
         ``alphas``, ``mask_ratio``, ``imae`` / ``mae`` / ``input``: {sub|dom: {psnr, psnr_masked, ssim} (lists
-        over alphas)} (``imae`` None for an MAE), ``norm_pix`` flags, ``psnr_cap``, and ``examples``
-        {alpha: {x_sub, x_dom, x_mix, mae, imae_sub, imae_dom: (n, H, W, 3) float32 in [0, 1], mask (n, H, W)}}.
+        over alphas)} (``imae`` None for an MAE), ``norm_pix`` flags, ``norm_pix_stats`` (what de-normalises
+        a norm-pix prediction), ``psnr_cap``, ``examples`` {alpha: {x_sub, x_dom, x_mix, mae, imae_sub,
+        imae_dom: (n, H, W, 3) float32 in [0, 1], mask (n, H, W)}}, and ``items`` (per-pair arrays, see the
+        module docstring).
     """
     alphas = check_alphas(alphas)
     example_alphas = check_alphas(example_alphas) if n_examples else []
@@ -162,7 +187,8 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
     noise = torch.rand(len(pairs), model.mae.num_patches, generator=torch.Generator().manual_seed(seed + 7))
     names = ["input"] + (["mae"] if mae_model is not None else []) + (["imae"] if imae is not None else [])
     measures = ("psnr", "psnr_masked", "ssim")
-    sums = {n: {t: {m: [0.0] * len(alphas) for m in measures} for t in ("sub", "dom")} for n in names}
+    per_pair = {n: {t: {m: np.zeros((len(alphas), len(pairs)), np.float32) for m in measures}
+                    for t in ("sub", "dom")} for n in names}
     for start in range(0, len(pairs), batch_size):
         sl = slice(start, min(start + batch_size, len(pairs)))
         x_sub, x_dom = split.normalized(pairs.a[sl], device), split.normalized(pairs.b[sl], device)
@@ -173,12 +199,19 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
             removed = images["removed"]
             for n in names:
                 for t in ("sub", "dom"):
-                    img = images[n][t]
-                    sums[n][t]["psnr"][k] += float(psnr(img, truth[t]).sum())
-                    sums[n][t]["psnr_masked"][k] += float(psnr_masked(img, truth[t], removed).sum())
-                    sums[n][t]["ssim"][k] += float(ssim(img, truth[t]).sum())
-    scores = {n: {t: {m: [v / len(pairs) for v in sums[n][t][m]] for m in measures}
+                    img, out = images[n][t], per_pair[n][t]
+                    out["psnr"][k, sl] = psnr(img, truth[t]).float().cpu().numpy()
+                    out["psnr_masked"][k, sl] = psnr_masked(img, truth[t], removed).float().cpu().numpy()
+                    out["ssim"][k, sl] = ssim(img, truth[t]).float().cpu().numpy()
+    # means over pairs in float64 (the per-pair values are float32)
+    scores = {n: {t: {m: [float(row.astype(np.float64).mean()) for row in per_pair[n][t][m]] for m in measures}
                   for t in ("sub", "dom")} for n in names}
+    items: dict[str, np.ndarray] = {"pairs_a": pairs.a.numpy().astype(np.int64),
+                                    "pairs_b": pairs.b.numpy().astype(np.int64)}
+    for n in names:
+        for t in ("sub", "dom"):
+            for m in measures:
+                items[f"{n}/{t}/{m}"] = per_pair[n][t][m]
     examples = {}
     if n_examples:
         sl = slice(0, min(n_examples, len(pairs)))
@@ -191,7 +224,8 @@ def reconstruction_quality(model: LoadedModel, baseline: LoadedModel | None, dat
             "mae_source": None if mae_model is None else ("model" if mae_model is model else "reference"),
             "norm_pix": {"model": model.mae.norm_pix_loss,
                          "mae": None if mae_model is None else mae_model.mae.norm_pix_loss},
-            "psnr_cap": PSNR_CAP, "examples": examples}
+            "norm_pix_stats": "mean per-patch mean and variance over the mixture's visible patches",
+            "psnr_cap": PSNR_CAP, "examples": examples, "items": items}
 
 
 def _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> dict:
@@ -199,16 +233,17 @@ def _images(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> d
     x_mix = mix(x_sub, x_dom, float(alpha))
     mixed = to_unit(split, x_mix)
     mae_any = mae_model.mae if mae_model is not None else imae.mae
-    out = {"input": {"sub": mixed, "dom": mixed}, "removed": _removed_pixels(mae_any, noise, mask_ratio)}
+    removed = _removed_patches(noise, mask_ratio)
+    visible = 1.0 - removed
+    out = {"input": {"sub": mixed, "dom": mixed}, "removed": _mask_image(mae_any, removed)}
     if mae_model is not None:
         pred, _, _ = reconstruct(mae_model.mae, None, x_mix, mask_ratio, noise)
-        m = mae_model.mae
-        out["mae"] = {"sub": to_unit(split, predicted_image(m, pred, x_sub)),
-                      "dom": to_unit(split, predicted_image(m, pred, x_dom))}
+        img = to_unit(split, predicted_image(mae_model.mae, pred, x_mix, visible))
+        out["mae"] = {"sub": img, "dom": img}  # one reconstruction, scored against each component
     if imae is not None:
         pred_sub, pred_dom, _ = reconstruct(imae.mae, imae, x_mix, mask_ratio, noise)
-        out["imae"] = {"sub": to_unit(split, predicted_image(imae.mae, pred_sub, x_sub)),
-                       "dom": to_unit(split, predicted_image(imae.mae, pred_dom, x_dom))}
+        out["imae"] = {"sub": to_unit(split, predicted_image(imae.mae, pred_sub, x_mix, visible)),
+                       "dom": to_unit(split, predicted_image(imae.mae, pred_dom, x_mix, visible))}
     return out
 
 
@@ -221,8 +256,7 @@ def _example(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> 
     ex = {"x_sub": hwc(to_unit(split, x_sub)), "x_dom": hwc(to_unit(split, x_dom)),
           "x_mix": hwc(images["input"]["sub"]), "mask": images["removed"].cpu().numpy().astype(np.float32)}
     if "mae" in images:
-        # With norm-pix the single reconstruction is de-normalised per component; show the dominant's version.
-        ex["mae"] = hwc(images["mae"]["dom"])
+        ex["mae"] = hwc(images["mae"]["dom"])  # the same image as images["mae"]["sub"]
     if "imae" in images:
         ex["imae_sub"], ex["imae_dom"] = hwc(images["imae"]["sub"]), hwc(images["imae"]["dom"])
     return ex

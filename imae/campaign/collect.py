@@ -1,0 +1,102 @@
+"""Bring a GPU window's returned files into the repository: ``python -m imae campaign --collect FOLDER``.
+
+``FOLDER`` holds what came back from the GPU machine's ``$OUT`` (``manifest.json``, ``campaign.log``, the
+stage archives). For every stage the returned manifest records an archive of, the archive's sha256 is
+checked against the manifest, it is unpacked safely, and its files land in ``campaign/<preset>/``:
+
+* ``weights/<name>.safetensors`` + ``.json`` of the committed models (the teacher and the standard i-MAE),
+  each checked against its card's sha256;
+* ``results/<stage>/...`` everything else (config, metrics.jsonl, evaluation JSON, throughput table);
+* ``logs/window-<id>.log`` the window's log.
+
+Finally the returned manifest is merged into the repository's (:func:`~imae.campaign.manifest.merge`). A
+stage whose archive did not come back is left as the repository had it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..pretrained import repo_root, sha256_file, verify
+from ..runs import atomic_write_text
+from .manifest import CampaignError, Manifest, check, merge
+from .packing import LOG_NAME, MANIFEST_NAME, safe_extract
+
+
+def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, log=print) -> dict:
+    """Import the files of one window from ``src`` into ``dest`` (default ``<repo>/campaign/<preset>``).
+
+    Returns {"stages": [collected stage names], "missing": [stages whose archive is absent], "dest": path}.
+    """
+    src = Path(src)
+    mpath = src / MANIFEST_NAME
+    if not mpath.is_file():
+        raise CampaignError(f"{src} holds no {MANIFEST_NAME}: pass the folder the GPU call's files came back to")
+    try:
+        returned = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise CampaignError(f"{mpath} is not valid JSON ({e})") from e
+    preset = returned.get("preset")
+    check(returned, mpath, preset)
+    dest = Path(dest) if dest else repo_root() / "campaign" / preset
+    local = Manifest.load(dest / MANIFEST_NAME, preset)
+    # The archives of this window (the last one of the returned manifest) and their checksums.
+    archives: dict[str, dict] = (returned["windows"][-1].get("files") or {}) if returned["windows"] else {}
+    collected, missing = [], []
+    stage_names = set()
+    for file, info in sorted(archives.items()):
+        path = src / file
+        if not path.is_file():
+            missing.extend(info.get("stages", []))
+            log(f"warning: {file} did not come back; stages {info.get('stages')} stay as the repository has them")
+            continue
+        digest = sha256_file(path)
+        if digest != info["sha256"]:
+            raise CampaignError(f"{path} has sha256 {digest[:16]}..., the manifest records {info['sha256'][:16]}...: "
+                                "the transfer is damaged; fetch the files again")
+        with tempfile.TemporaryDirectory() as tmp:
+            safe_extract(path, tmp)
+            for stage_dir in sorted(Path(tmp).iterdir()):
+                stage = stage_dir.name
+                if stage not in returned["stages"]:
+                    raise CampaignError(f"{file} holds a folder {stage!r} the manifest does not know")
+                _place(stage_dir, dest, returned["stages"][stage])
+                stage_names.add(stage)
+                collected.append(stage)
+    # A stage is merged when its files came back (or it has none to bring); otherwise the local entry stays.
+    keep = dict(returned)
+    this_window = {s for info in archives.values() for s in info.get("stages", [])}
+    keep["stages"] = {n: r for n, r in returned["stages"].items() if n in stage_names or n not in this_window}
+    if (src / LOG_NAME).is_file():
+        wid = max((w.get("id", 0) for w in returned.get("windows", [])), default=0)
+        (dest / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / LOG_NAME, dest / "logs" / f"window-{wid}.log")
+    merged = merge(local.data, keep)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest / MANIFEST_NAME, json.dumps(merged, indent=1) + "\n")
+    log(f"collected {sorted(set(collected))} into {dest}" + (f"; missing {missing}" if missing else ""))
+    return {"stages": sorted(set(collected)), "missing": missing, "dest": str(dest)}
+
+
+def _place(stage_dir: Path, dest: Path, rec: dict) -> None:
+    """Move one stage's files into the repository layout and check them against the manifest."""
+    files = rec.get("files", {})
+    for p in sorted(stage_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(stage_dir).as_posix()
+        target = dest / rel if rel.startswith("weights/") else dest / "results" / stage_dir.name / rel
+        if rel in files and sha256_file(p) != files[rel]["sha256"]:
+            raise CampaignError(f"{stage_dir.name}/{rel} does not match the manifest's sha256")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, target)
+    for card in sorted((dest / "weights").glob("*.json")) if (stage_dir / "weights").is_dir() else []:
+        if (stage_dir / "weights" / card.name).is_file():
+            verify(card)
+
+
+__all__ = ["collect"]

@@ -1,0 +1,207 @@
+"""Uncertainty: means with 95 % intervals over training seeds and evaluation items, paired differences, and
+the sentences the book prints about them (computed here, never typed).
+
+Every metric of the book is a function of per-item arrays (one entry per test image or test pair):
+
+* ``accuracy``: the mean of a 0/1 array (probe, kNN, degree of semantics);
+* ``r2``: ``1 - sum(sse) / sum(sst)`` (linear separability; ``sst`` the item's squared deviation from the
+  mean target, so the ratio of sums is the variance-weighted R²);
+* ``mean``: the mean of a real array (PSNR).
+
+A model is measured once per TRAINING SEED (its runs) on the SAME evaluation items (pairs are a pure
+function of the evaluation seed, so every model sees the same pairs). The estimate is the mean over seeds of
+the metric on all items. Its 95 % interval adds two variances: the test items' sampling noise (a bootstrap
+of the items, multinomial weights shared by all seeds) and the training seeds' spread (the variance of the
+per-seed values over S seeds, scaled by Student's t with S - 1 degrees of freedom, which a bootstrap of 3
+seeds would understate). A DIFFERENCE between two models is formed seed by seed (seed s of one model with
+seed s of the other) on the same resampled items, which removes the variance the two share. With one seed
+the interval is the items' (pair-resampling) interval alone, and tables say "single seed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+LEVEL = 0.95
+N_BOOT = 1000
+
+KINDS = ("accuracy", "r2", "mean")
+
+
+@dataclass(frozen=True)
+class Items:
+    """Per-item arrays of one model and one training seed for one metric.
+
+    Attributes:
+        kind: ``accuracy`` | ``r2`` | ``mean``.
+        values: (..., P) per-item values (0/1 for accuracy, the squared error ``sse`` for r2); leading axes
+            (e.g. alphas) are kept.
+        sst: (..., P) or (P,) per-item total squares (``r2`` only).
+    """
+
+    kind: str
+    values: np.ndarray
+    sst: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown metric kind {self.kind!r}; choose one of {KINDS}")
+        if self.kind == "r2" and self.sst is None:
+            raise ValueError("an r2 metric needs per-item sst")
+
+    @property
+    def n(self) -> int:
+        return int(np.shape(self.values)[-1])
+
+    def weighted(self, w: np.ndarray) -> np.ndarray:
+        """The metric under item weights ``w`` (B, P) (each row sums to P): (B, ...) values."""
+        v = np.asarray(self.values, dtype=np.float64)
+        flat = v.reshape(-1, v.shape[-1])  # (K, P)
+        if self.kind in ("accuracy", "mean"):
+            out = w @ flat.T / w.sum(axis=1, keepdims=True)
+        else:
+            s = np.asarray(self.sst, dtype=np.float64)
+            s = np.broadcast_to(s, v.shape).reshape(-1, v.shape[-1])
+            out = 1.0 - (w @ flat.T) / (w @ s.T)
+        return out.reshape((w.shape[0], *v.shape[:-1]))
+
+    def point(self) -> np.ndarray:
+        return self.weighted(np.ones((1, self.n)))[0]
+
+
+def _item_weights(n_items: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, P) multinomial item counts: each row is one resample of the P items."""
+    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_boot).astype(np.float64)
+
+
+def _t975(df: int, level: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its interval (arrays of the metric's shape, e.g. one value per alpha)."""
+
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n_seeds: int
+    n_items: int
+
+    def as_dict(self) -> dict:
+        return {"mean": np.asarray(self.mean).tolist(), "lo": np.asarray(self.lo).tolist(),
+                "hi": np.asarray(self.hi).tolist(), "n_seeds": self.n_seeds, "n_items": self.n_items}
+
+
+def _check(per_seed: Sequence[Items]) -> None:
+    if not per_seed:
+        raise ValueError("no seeds to estimate from")
+    n = {it.n for it in per_seed}
+    if len(n) != 1:
+        raise ValueError(f"seeds were evaluated on different numbers of items {sorted(n)}; evaluate every seed "
+                         "on the same pairs (same evaluation seed, n_pairs and max_images)")
+
+
+def _interval(points: np.ndarray, reps: np.ndarray, level: float, n_items: int) -> Estimate:
+    """Combine the two sources of noise (module docstring): ``points`` (S, ...) per-seed values on all items,
+    ``reps`` (B, ...) item-bootstrap replicates of their seed mean."""
+    from scipy.stats import norm
+
+    mean = points.mean(axis=0)
+    var_items = reps.var(axis=0, ddof=1)
+    half2 = float(norm.ppf(0.5 + level / 2)) ** 2 * var_items
+    s = points.shape[0]
+    if s > 1:
+        half2 = half2 + _t975(s - 1, level) ** 2 * points.var(axis=0, ddof=1) / s
+    half = np.sqrt(half2)
+    return Estimate(mean, mean - half, mean + half, s, n_items)
+
+
+def estimate(per_seed: Sequence[Items], *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+    """Mean over training seeds with a 95 % interval that adds the test items' sampling noise (bootstrap of
+    the items, shared by the seeds) and the seeds' spread (Student t over the per-seed values). With one seed
+    the interval is the items' alone."""
+    _check(per_seed)
+    w = _item_weights(per_seed[0].n, n_boot, np.random.default_rng(seed))
+    reps = np.mean([it.weighted(w) for it in per_seed], axis=0)
+    return _interval(np.stack([it.point() for it in per_seed]), reps, level, per_seed[0].n)
+
+
+def difference(a: Sequence[Items], b: Sequence[Items], *, level: float = LEVEL, n_boot: int = N_BOOT,
+               seed: int = 0) -> Estimate:
+    """``a - b`` with a PAIRED interval: seed k of ``a`` goes with seed k of ``b`` (both built from the same
+    training seed), both scored on the same items resampled together. With unequal seed counts the first
+    min(len) seeds of each are paired."""
+    k = min(len(a), len(b))
+    a, b = list(a)[:k], list(b)[:k]
+    _check([*a, *b])
+    w = _item_weights(a[0].n, n_boot, np.random.default_rng(seed))
+    reps = np.mean([x.weighted(w) - y.weighted(w) for x, y in zip(a, b)], axis=0)
+    return _interval(np.stack([x.point() - y.point() for x, y in zip(a, b)]), reps, level, a[0].n)
+
+
+# ------------------------------------------------------------------------------------------ sentences
+def direction(lo: float, hi: float) -> str:
+    """``higher`` when the interval of a difference lies above 0, ``lower`` below, else ``within noise``."""
+    if lo > 0:
+        return "higher"
+    if hi < 0:
+        return "lower"
+    return "within noise"
+
+
+def compare_text(name_a: str, name_b: str, diff: Estimate, *, index=(), scale: float = 1.0, unit: str = "",
+                 fmt: str = ".3f") -> str:
+    """A sentence on ``a - b`` at ``index`` generated from the interval, e.g.
+    "i-MAE is higher than MAE by 0.031 (95 % CI 0.012 to 0.050, 3 seeds)"."""
+    m, lo, hi = (float(np.asarray(x)[index]) * scale for x in (diff.mean, diff.lo, diff.hi))
+    seeds = f"{diff.n_seeds} seeds" if diff.n_seeds > 1 else "single seed, pair resampling only"
+    ci = f"95 % CI {lo:{fmt}} to {hi:{fmt}}{unit}, {seeds}"
+    d = direction(lo, hi)
+    if d == "within noise":
+        return f"{name_a} and {name_b} are within noise of each other (difference {m:+{fmt}}{unit}; {ci})"
+    return f"{name_a} is {d} than {name_b} by {abs(m):{fmt}}{unit} ({ci})"
+
+
+VERDICTS = ("supported", "not detected at this scale", "contradicted")
+
+
+def verdict(diff_lo: float, diff_hi: float, *, expected: str = "higher", signal_ok: bool = True) -> str:
+    """The verdict on a claim that ``a`` is ``expected`` (``higher``/``lower``) than ``b``.
+
+    ``signal_ok`` is False when the trained encoder does not beat its untrained control beyond the noise
+    at this scale: no comparison of trained models is reported as a finding then.
+    """
+    d = direction(diff_lo, diff_hi)
+    if not signal_ok or d == "within noise":
+        return "not detected at this scale"
+    return "supported" if d == expected else "contradicted"
+
+
+def summary_rows(estimates: Mapping[str, Estimate], *, index_name: str | None = None, index=None,
+                 scale: float = 1.0) -> list[dict]:
+    """Tidy rows {model, [index_name], mean, lo, hi, seeds} for tables and plots with bands."""
+    rows = []
+    for label, est in estimates.items():
+        mean = np.atleast_1d(est.mean)
+        for k in range(mean.shape[0]):
+            row = {"model": label}
+            if index_name is not None:
+                row[index_name] = index[k] if index is not None else k
+            row.update(mean=float(mean[k]) * scale, lo=float(np.atleast_1d(est.lo)[k]) * scale,
+                       hi=float(np.atleast_1d(est.hi)[k]) * scale, seeds=est.n_seeds)
+            rows.append(row)
+    return rows
+
+
+def fmt_ci(mean: float, lo: float, hi: float, fmt: str = ".3f") -> str:
+    """``0.123 [0.100, 0.140]``."""
+    return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+Metric = Callable[..., Items]

@@ -1,0 +1,519 @@
+"""The GPU campaign on a CPU: tiny models, toy data, budgets of seconds.
+
+One window runs end to end (module fixture) and is reused: its returned files are collected into a fake
+repository, from which later windows resume (a half-written manifest, a partly evaluated stage). A budget too
+small for stage 2 ends cleanly with stage 1 complete. The watchdog, the packing limits, the stored weights
+(round trip, checksum errors, size budget) and the planner's arithmetic are tested on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imae.campaign.collect import collect
+from imae.campaign.manifest import CampaignError, Manifest, merge
+from imae.campaign.packing import (MAX_BYTES, MAX_FILES, Packer, PackingError, check_folder, clear_previous_output,
+                                   safe_extract)
+from imae.campaign.planner import Measured, decide_compile, eval_seconds, plan_epochs, share_of, warmup_for
+from imae.campaign.runner import CampaignConfig, run_campaign, throughput_args
+from imae.campaign.watchdog import Clock, DeadlineReached, Watchdog
+from imae.config import build_config
+from imae.models import IMAE, MaskedAutoencoderViT, mae_from_config
+from imae.pretrained import (MAX_MODEL_BYTES, WeightsError, check_weights_budget, load_pretrained, materialize_run,
+                             save_weights)
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO = {"model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2, "model.decoder_embed_dim": 32,
+         "model.decoder_depth": 1, "model.decoder_num_heads": 2, "train.batch_size": 32, "train.epochs": 2,
+         "train.warmup_epochs": 1.0}
+EVAL = {"*": {"max_images": 50, "n_pairs": 20, "alphas": [0.3], "weight_decays": [1e-3], "max_iter": 10,
+              "n_examples": 1, "batch_size": 64}}
+
+
+def campaign_config(tmp: Path, data_root: Path, **kw) -> CampaignConfig:
+    base = dict(out=tmp / "out", preset="tiny", budget_s=400.0, work=tmp / "work", manifest=tmp / "manifest.json",
+                data_root=data_root, device="cpu", overrides=dict(MICRO), eval_extra=EVAL, smoke_steps=2,
+                smoke_epochs=2, reserve_s=2.0, stages=["mae", "imae", "eval"])
+    base.update(kw)
+    return CampaignConfig(**base)
+
+
+def members(archive: Path) -> list[str]:
+    with tarfile.open(archive) as tar:
+        return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+
+def log_evaluations(out: Path) -> set[str]:
+    return {line.split("eval ", 1)[1].split(":")[0] for line in (out / "campaign.log").read_text().splitlines()
+            if "  eval " in line}
+
+
+# ------------------------------------------------------------------------------------------- one window
+@pytest.fixture(scope="module")
+def window1(toy_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("campaign")
+    t0 = time.monotonic()
+    summary = run_campaign(campaign_config(tmp, toy_root))
+    return {"tmp": tmp, "summary": summary, "wall": time.monotonic() - t0, "out": tmp / "out", "work": tmp / "work",
+            "manifest": json.loads((tmp / "manifest.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def repo(window1, tmp_path_factory):
+    """The fake repository after collecting window 1's returned files."""
+    dest = tmp_path_factory.mktemp("repo") / "campaign" / "tiny"
+    result = collect(window1["out"], dest, log=lambda *a: None)
+    assert result["stages"] == ["eval", "imae", "mae"] and not result["missing"]
+    return dest
+
+
+def test_end_to_end_window(window1):
+    s, m, out, work = window1["summary"], window1["manifest"], window1["out"], window1["work"]
+    assert s["outcome"] == "ok" and s["exit_code"] == 0
+    assert window1["wall"] < 400
+    for name in ("mae", "imae", "eval"):
+        assert m["stages"][name]["status"] == "done", m["stages"][name]
+    # The planner's choice is recorded, and the schedule later stages reuse is fixed from it.
+    plan = m["stages"]["mae"]["plan"]["train"]["mae"]
+    assert plan["epochs"] == 2 and plan["warmup_epochs"] == 1.0 and plan["rate_img_s"] > 0
+    assert m["fixed"]["mae"]["epochs"] == plan["epochs"] and m["fixed"]["imae"]["epochs"] >= 1
+    res = m["stages"]["mae"]["result"]
+    assert res["epochs"] == 2 and res["img_per_s"] > 0 and res["device"].startswith("CPU")
+    window = m["windows"][-1]
+    assert window["measured"]["img_per_s"]["mae"] > 0 and window["measured"]["img_per_s"]["imae"] > 0
+    assert window["versions"]["torch"] == torch.__version__ and window["stages"] == {
+        "mae": "done", "imae": "done", "eval": "done"}
+    # What comes back: the manifest, the log and one archive per stage, within the limits.
+    names = dict(check_folder(out))
+    assert set(names) == {"manifest.json", "campaign.log", "mae.tar.gz", "imae.tar.gz", "eval.tar.gz"}
+    assert json.loads((out / "manifest.json").read_text()) == m
+    for a, info in window["files"].items():
+        from imae.pretrained import sha256_file
+        assert sha256_file(out / a) == info["sha256"]
+    assert members(out / "mae.tar.gz") == ["mae/config.yaml", "mae/metrics.jsonl", "mae/stage.json",
+                                           "mae/weights/tiny-mae.json", "mae/weights/tiny-mae.safetensors"]
+    # Weights: fp16, no optimizer state, checksummed in the manifest.
+    from safetensors.torch import load_file
+
+    sd = load_file(str(work / "stages" / "mae" / "weights" / "tiny-mae.safetensors"))
+    assert all(v.dtype == torch.float16 for v in sd.values()) and not any("optim" in k for k in sd)
+    f = m["stages"]["mae"]["files"]["weights/tiny-mae.safetensors"]
+    assert f["bytes"] == (work / "stages" / "mae" / "weights" / "tiny-mae.safetensors").stat().st_size
+    assert m["stages"]["mae"]["result"]["weights_sha256"] == f["sha256"]
+    # The teacher recipe (SPEC): norm-pix MAE, pixel i-MAE; the i-MAE distils from the STORED fp16 teacher.
+    card = json.loads((work / "stages" / "imae" / "weights" / "tiny-imae.json").read_text())
+    assert card["config"]["model"]["norm_pix_loss"] is False and card["teacher"] == "tiny-mae"
+    assert json.loads((work / "stages" / "mae" / "weights" / "tiny-mae.json").read_text())[
+        "config"]["model"]["norm_pix_loss"] is True
+    assert card["config"]["imae"]["teacher"] == str(work / "models" / "tiny-mae")
+    assert m["stages"]["imae"]["inputs"] == {"mae": f["sha256"]}
+    # Evaluations: every model x every evaluation, separability against the ONE teacher reference.
+    items = m["stages"]["eval"]["items"]
+    assert len(items) == 15 and {k.split("/")[0] for k in items} == {"mae", "imae", "untrained"}
+    for model in ("mae", "imae", "untrained"):
+        sep = json.loads((work / "stages" / "eval" / "evals" / model / "separability.json").read_text())
+        assert sep["metadata"]["reference"]["path"] == str(work / "models" / "tiny-mae" / "checkpoint.pt")
+        assert items[f"{model}/knn"]["summary"]["cls"] >= 0
+    assert log_evaluations(out) == set(items)
+
+
+def test_collect_and_load_pretrained(window1, repo):
+    m = json.loads((repo / "manifest.json").read_text())
+    assert m["stages"] == window1["manifest"]["stages"]
+    assert (repo / "results" / "eval" / "evals" / "imae" / "semantics.json").is_file()
+    assert (repo / "results" / "mae" / "metrics.jsonl").is_file() and (repo / "logs" / "window-1.log").is_file()
+    mae = load_pretrained("tiny-mae", root=repo.parent)
+    student = load_pretrained("tiny-imae", root=repo.parent)
+    assert type(mae) is MaskedAutoencoderViT and not mae.training
+    assert type(student) is IMAE and not student.training
+    # The stored weights are the trained run's, rounded to fp16.
+    from imae.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(window1["work"] / "runs" / "imae-imae")
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k].half().float()), k
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert student.mae.forward_features(x).shape == (2, 1 + 64, 32)
+
+
+def test_resume_from_half_written_manifest(window1, repo, toy_root, tmp_path):
+    """imae was started (not finished) when the window ended: the next window on a fresh machine keeps the
+    stored teacher and retrains only the i-MAE, from the repository's weights."""
+    dest = tmp_path / "campaign" / "tiny"
+    shutil.copytree(repo, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    rec = m["stages"]["imae"]
+    m["stages"]["imae"] = {"status": "started", "window": 1, "attempts": 1, "plan": rec["plan"],
+                           "inputs": rec["inputs"]}
+    del m["stages"]["eval"]
+    (dest / "manifest.json").write_text(json.dumps(m))
+    cfg = campaign_config(tmp_path, toy_root, manifest=dest / "manifest.json", stages=["mae", "imae"])
+    summary = run_campaign(cfg)
+    after = json.loads((dest / "manifest.json").read_text())
+    assert summary["outcome"] == "ok" and summary["window"]["stages"] == {"imae": "done"}
+    assert after["stages"]["mae"] == m["stages"]["mae"]  # untouched: not retrained
+    assert after["stages"]["imae"]["status"] == "done" and after["stages"]["imae"]["attempts"] == 2
+    assert not (tmp_path / "work" / "runs" / "mae-mae").exists()
+    teacher = torch.load(tmp_path / "work" / "models" / "tiny-mae" / "checkpoint.pt", weights_only=True)
+    assert teacher["stored_weights"] == str((dest / "weights" / "tiny-mae.json").resolve())
+    assert [w["id"] for w in after["windows"]] == [1, 2]
+    assert set(dict(check_folder(tmp_path / "out"))) == {"manifest.json", "campaign.log", "imae.tar.gz"}
+
+
+def test_resume_partly_evaluated_stage(repo, toy_root, tmp_path):
+    """Only the evaluations the manifest lacks run; the repository's results of the others are kept and
+    travel back in the stage's archive."""
+    dest = tmp_path / "campaign" / "tiny"
+    shutil.copytree(repo, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    dropped = {"untrained/semantics", "imae/reconstruction", "mae/knn"}
+    for k in dropped:
+        del m["stages"]["eval"]["items"][k]
+    m["stages"]["eval"]["status"] = "started"
+    (dest / "manifest.json").write_text(json.dumps(m))
+    summary = run_campaign(campaign_config(tmp_path, toy_root, manifest=dest / "manifest.json", stages=["eval"]))
+    after = json.loads((dest / "manifest.json").read_text())
+    assert summary["outcome"] == "ok" and after["stages"]["eval"]["status"] == "done"
+    assert log_evaluations(tmp_path / "out") == dropped
+    assert len(after["stages"]["eval"]["items"]) == 15
+    assert sum(n.endswith(".json") and "/evals/" in n for n in members(tmp_path / "out" / "eval.tar.gz")) == 15
+
+
+def test_budget_too_small_for_stage_two(toy_root, tmp_path):
+    """The planner finds stage 2 does not fit what is left: it is not started, the window ends cleanly and
+    stage 1's outputs are complete."""
+    cfg = campaign_config(tmp_path, toy_root, stages=["mae", "imae", "eval"], epochs={"mae": 1},
+                          min_epochs=10**6, smoke_steps=1, smoke_epochs=1)
+    summary = run_campaign(cfg)
+    m = json.loads(cfg.manifest.read_text())
+    assert summary["outcome"] == "ok" and summary["exit_code"] == 0
+    assert m["stages"]["mae"]["status"] == "done" and "imae" not in m["stages"] and "eval" not in m["stages"]
+    assert summary["window"]["stages"]["imae"].startswith("not started: imae: fewer than 1000000 epoch(s) fit")
+    assert summary["window"]["stages"]["eval"] == "not started: needs ['imae'] done first"
+    assert members(cfg.out / "mae.tar.gz") == ["mae/config.yaml", "mae/metrics.jsonl", "mae/stage.json",
+                                               "mae/weights/tiny-mae.json", "mae/weights/tiny-mae.safetensors"]
+    assert set(dict(check_folder(cfg.out))) == {"manifest.json", "campaign.log", "mae.tar.gz"}
+
+
+def test_watchdog_stops_an_overrunning_stage(toy_root, tmp_path):
+    """Stage 2 cannot finish in the budget (its epochs forced): the watchdog stops it cleanly at a step
+    boundary with its checkpoint written, stage 1's outputs are complete, and the command ends before its
+    deadline."""
+    budget = 25.0
+    cfg = campaign_config(tmp_path, toy_root, budget_s=budget, reserve_s=3.0, stages=["mae", "imae", "eval"],
+                          epochs={"mae": 1, "imae": 100000}, smoke_steps=1, smoke_epochs=1)
+    t0 = time.monotonic()
+    summary = run_campaign(cfg)
+    wall = time.monotonic() - t0
+    m = json.loads(cfg.manifest.read_text())
+    assert summary["outcome"] == "deadline" and wall < budget
+    assert m["stages"]["mae"]["status"] == "done" and m["stages"]["mae"]["result"]["epochs"] == 1
+    assert m["stages"]["imae"]["status"] == "started" and "interrupted" in m["stages"]["imae"]
+    assert "eval" not in m["stages"]
+    from imae.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.work / "runs" / "imae-imae")
+    assert not ckpt["finished"] and ckpt["step"] >= 1  # stopped at a step boundary, checkpoint written
+    files = dict(check_folder(cfg.out))
+    assert set(files) == {"manifest.json", "campaign.log", "mae.tar.gz"}
+    assert "mae/weights/tiny-mae.safetensors" in members(cfg.out / "mae.tar.gz")
+    assert json.loads((cfg.out / "manifest.json").read_text()) == m
+
+
+def test_torn_or_foreign_manifest_is_refused(tmp_path):
+    p = tmp_path / "manifest.json"
+    p.write_text('{"format": "imae-campaign-v1", "pres')
+    with pytest.raises(CampaignError, match="unreadable.*git checkout"):
+        Manifest.load(p, "cifar")
+    Manifest.new("tiny", p).save()
+    with pytest.raises(CampaignError, match="preset 'tiny', not 'cifar'"):
+        Manifest.load(p, "cifar")
+    data = json.loads(p.read_text())
+    data["stages"]["mae"] = {"status": "half"}
+    p.write_text(json.dumps(data))
+    with pytest.raises(CampaignError, match="status 'half'"):
+        Manifest.load(p, "tiny")
+
+
+def test_manifest_merge_keeps_done_stages():
+    local = Manifest.new("cifar").data
+    local["stages"] = {"mae": {"status": "done", "result": {"x": 1}}, "imae": {"status": "started"}}
+    local["windows"] = [{"id": 1, "started_at": "a"}]
+    returned = json.loads(json.dumps(local))
+    returned["stages"]["mae"] = {"status": "started"}  # an older view of mae must not undo it
+    returned["stages"]["imae"] = {"status": "done", "result": {"y": 2}}
+    returned["windows"].append({"id": 2, "started_at": "b"})
+    merged = merge(local, returned)
+    assert merged["stages"]["mae"]["status"] == "done" and merged["stages"]["imae"]["result"] == {"y": 2}
+    assert [w["id"] for w in merged["windows"]] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- watchdog
+def test_watchdog_fires_before_the_deadline():
+    clock = Clock(3.0)
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineReached):
+        with Watchdog(clock.deadline - 2.5) as wd:
+            while time.monotonic() - t0 < 5.0:
+                time.sleep(0.01)
+    assert wd.fired and 0.4 < time.monotonic() - t0 < clock.budget_s
+    assert signal.getsignal(signal.SIGTERM) != wd._handle  # handler restored
+
+
+def test_watchdog_hold_defers_to_the_end_of_the_block():
+    t0 = time.monotonic()
+    done = False
+    with pytest.raises(DeadlineReached):
+        with Watchdog(time.monotonic() + 0.2) as wd:
+            with wd.hold():
+                time.sleep(0.6)  # the signal arrives here and waits
+                done = True
+            pytest.fail("the deferred deadline should have been raised at the end of hold()")
+    assert done and wd.received == 1 and time.monotonic() - t0 >= 0.6
+
+
+# ----------------------------------------------------------------------------------------------- packing
+def _random_file(path: Path, n: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    path.write_bytes(torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g).numpy().tobytes())
+    return path
+
+
+def test_packing_limits(tmp_path):
+    assert (MAX_FILES, MAX_BYTES) == (8, 16 * 2**20)
+    out = tmp_path / "out"
+    out.mkdir()
+    kib = 1024
+    packer = Packer(out, max_files=5, max_bytes=64 * kib)  # 3 archive slots beside manifest + log
+    _random_file(tmp_path / "a" / "w.bin", 30 * kib)
+    assert packer.pack("a", tmp_path / "a") == ["a.tar.gz"]
+    for k, n in enumerate((30, 30, 20)):  # 80 KiB of incompressible data: two parts, each under the limit
+        _random_file(tmp_path / "b" / f"w{k}.bin", n * kib, seed=k + 1)
+    parts = packer.pack("b", tmp_path / "b")
+    assert parts == ["b.part1.tar.gz", "b.part2.tar.gz"]
+    assert all((out / p).stat().st_size <= 64 * kib for p in parts)
+    assert members(out / "b.part2.tar.gz") == ["b/w2.bin"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "r.json").write_text('{"x": 1}')
+    assert packer.pack("c", tmp_path / "c") == ["b.part2.tar.gz"]  # no slot left: joins the one with most room
+    assert members(out / "b.part2.tar.gz") == ["b/w2.bin", "c/r.json"]
+    _random_file(tmp_path / "d" / "big.bin", 50 * kib, seed=9)
+    with pytest.raises(PackingError, match="fits neither a new file"):
+        packer.pack("d", tmp_path / "d")
+    _random_file(tmp_path / "e" / "huge.bin", 70 * kib, seed=5)
+    with pytest.raises(PackingError, match="alone exceed"):
+        Packer(tmp_path / "o2", max_bytes=64 * kib).pack("e", tmp_path / "e")
+    assert packer.catalog()["b.part2.tar.gz"]["stages"] == ["b", "c"]
+    # The folder check the window ends with.
+    for k in range(4):
+        (out / f"x{k}.txt").write_text("x")
+    with pytest.raises(PackingError, match="over the limit of 5"):
+        check_folder(out, max_files=5, max_bytes=64 * kib)
+    with pytest.raises(PackingError, match="over 0 MiB"):
+        check_folder(tmp_path / "a", max_files=8, max_bytes=100)
+
+
+def test_output_folder_and_safe_extract(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PackingError, match="not a previous campaign's output"):
+        clear_previous_output(out)
+    (out / "notes.txt").unlink()
+    for name in ("campaign.log", "manifest.json", "mae.tar.gz"):
+        (out / name).write_text("old")
+    assert clear_previous_output(out) == ["campaign.log", "mae.tar.gz", "manifest.json"] and not any(out.iterdir())
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        (tmp_path / "f").write_text("x")
+        tar.add(tmp_path / "f", arcname="../escape")
+    with pytest.raises(PackingError, match="refusing member"):
+        safe_extract(bad, tmp_path / "dest")
+    assert not (tmp_path / "escape").exists()
+
+
+# ------------------------------------------------------------------------------------------ stored weights
+def _micro_model(method: str):
+    cfg = build_config("tiny", method, **{k: v for k, v in MICRO.items() if k.startswith("model.")},
+                       **({"imae.teacher": "t"} if method == "imae" else {}))
+    torch.manual_seed(1)
+    mae = mae_from_config(cfg.model)
+    model = mae if method == "mae" else IMAE(mae)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.add_(0.01 * torch.randn(t.shape))
+    return model, cfg
+
+
+@pytest.mark.parametrize("method", ["mae", "imae"])
+def test_load_pretrained_round_trip(tmp_path, method):
+    model, cfg = _micro_model(method)
+    folder = tmp_path / "tiny" / "weights"
+    card = save_weights(model, cfg, folder, f"tiny-{method}", fingerprint="abc")
+    assert card["dtype"] == "float16" and card["bytes"] == (folder / f"tiny-{method}.safetensors").stat().st_size
+    loaded = load_pretrained(f"tiny-{method}", root=tmp_path)
+    assert type(loaded) is type(model) and not loaded.training and loaded.card["sha256"] == card["sha256"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    # ... and as a run directory the engine and the metrics read.
+    run = materialize_run(folder / f"tiny-{method}.json", tmp_path / "run", **{"data.root": "/somewhere"})
+    from imae.metrics.loading import load_model
+
+    lm = load_model(run)
+    assert lm.kind == method and lm.fingerprint == "abc" and lm.config.data.root == "/somewhere"
+    assert torch.equal(lm.mae.state_dict()["norm.weight"], loaded.state_dict()[
+        "norm.weight" if method == "mae" else "mae.norm.weight"])
+
+
+def test_load_pretrained_checksum_and_missing_errors(tmp_path, monkeypatch):
+    model, cfg = _micro_model("mae")
+    folder = tmp_path / "tiny" / "weights"
+    save_weights(model, cfg, folder, "tiny-mae", fingerprint="abc")
+    path = folder / "tiny-mae.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"tiny-mae\.safetensors is corrupt.*sha256.*git checkout"):
+        load_pretrained("tiny-mae", root=tmp_path)
+    path.unlink()
+    with pytest.raises(WeightsError, match=r"tiny-mae\.safetensors is missing"):
+        load_pretrained("tiny-mae", root=tmp_path)
+    with pytest.raises(WeightsError, match=r"no stored weights named 'cifar-imae'.*tiny-mae.*campaign --collect"):
+        load_pretrained("cifar-imae", root=tmp_path)
+    monkeypatch.setenv("IMAE_WEIGHTS", str(tmp_path))
+    import imae
+
+    with pytest.raises(WeightsError, match="is missing"):
+        imae.load_pretrained("tiny-mae")
+
+
+def test_weights_size_limits(tmp_path):
+    model, cfg = _micro_model("mae")
+    with pytest.raises(WeightsError, match="over the 0.0 MB limit"):
+        save_weights(model, cfg, tmp_path, "big", fingerprint="x", max_bytes=1000)
+    assert not (tmp_path / "big.safetensors").exists()
+    save_weights(model, cfg, tmp_path, "a", fingerprint="x")
+    save_weights(model, cfg, tmp_path, "b", fingerprint="x")
+    one = (tmp_path / "a.safetensors").stat().st_size
+    assert len(check_weights_budget([tmp_path], total=2 * one)) == 2
+    with pytest.raises(WeightsError, match="budget"):
+        check_weights_budget([tmp_path], total=2 * one - 1)
+    with pytest.raises(WeightsError, match="per model"):
+        check_weights_budget([tmp_path], per_model=one - 1, total=10 * one)
+
+
+def test_committed_weights_fit_the_transfer_budget():
+    """Every file in git travels to the GPU machine with the 33 MB of CIFAR-10 packs, within 64 MiB: the
+    committed weights may take at most 2 x 15 MB (the teacher and the standard i-MAE)."""
+    sizes = check_weights_budget(sorted(REPO.glob("campaign/*/weights")), total=2 * MAX_MODEL_BYTES)
+    assert sum(sizes.values()) + 33_500_000 < 64 * 2**20 - 2_000_000  # + data, with room for the code
+    for p in sizes:  # every committed model carries a card with the right checksum
+        from imae.pretrained import verify
+        verify(Path(p).with_suffix(".json"))
+
+
+def test_cifar_models_fit_the_per_model_limit():
+    for method in ("mae", "imae"):
+        cfg = build_config("cifar", method, **({"imae.teacher": "t"} if method == "imae" else {}))
+        mae = mae_from_config(cfg.model)
+        model = mae if method == "mae" else IMAE(mae)
+        n = sum(v.numel() for v in model.state_dict().values())
+        assert 2 * n < MAX_MODEL_BYTES - 100_000, (method, n)  # fp16 + the safetensors header
+
+
+# ----------------------------------------------------------------------------------------------- planner
+def test_planner_arithmetic():
+    # 100 s at 1,000 img/s (90 % of it) with 10 s of fixed cost, 10,000 images per epoch: 8 epochs.
+    assert plan_epochs(100, 1000, 10_000, 10, cap=100) == 8
+    assert plan_epochs(100, 1000, 10_000, 10, cap=5) == 5
+    assert plan_epochs(15, 1000, 10_000, 10, cap=100) is None
+    assert plan_epochs(100, 1000, 10_000, 10, cap=100, min_epochs=9) is None
+    assert warmup_for(40, 100, 5.0) == 2.0 and warmup_for(1, 30, 2.0) == pytest.approx(0.067)
+    assert warmup_for(2, 2, 2.0) < 2
+    assert share_of(100, 0.6, [0.4]) == pytest.approx(60) and share_of(100, 0.4, []) == 100
+    m = Measured(fwd_img_per_s=1000, eval_fixed_s=1.0)
+    quick = eval_seconds("knn", {"max_images": 100}, m, 1000, 100)
+    assert quick < eval_seconds("separability", {}, m, 1000, 100) and quick == pytest.approx(1 + 2 * 200 / 1000)
+    assert eval_seconds("knn", {}, m, 1000, 100, observed=[5.0]) == pytest.approx(6.0)
+
+
+def test_compile_decision():
+    assert decide_compile("auto", "cpu", 1e6, eager_rate=1)[0] is False
+    assert decide_compile("on", "cpu", 1, eager_rate=1)[0] is True
+    assert decide_compile("off", "cuda", 1e6, eager_rate=1)[0] is False
+    # measured: 1.5x faster, 60 s to compile -> pays over 300 s of training (saves 100 s), not over 150 s
+    assert decide_compile("auto", "cuda", 300, eager_rate=100, compiled_rate=150, compile_s=60)[0] is True
+    assert decide_compile("auto", "cuda", 150, eager_rate=100, compiled_rate=150, compile_s=60)[0] is False
+    assert decide_compile("auto", "cuda", 100, eager_rate=100)[0] is False  # prior: 45 s to compile
+
+
+# -------------------------------------------------------------------------------------------- throughput
+def test_throughput_stage_runs_the_benchmark(toy_root, tmp_path):
+    """The stage calls the benchmark script with arguments its parser accepts and packs its table (a stand-in
+    script here: the real one takes a minute on a CPU; tests/test_benchmarks.py times it)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks.throughput import parse_args
+    finally:
+        sys.path.remove(str(REPO))
+    args = parse_args(throughput_args("cifar", "cuda", tmp_path / "t.json", ["--steps", "5"]))
+    assert args.compile and args.preset == "cifar" and args.steps == 5 and "fast+compile" in args.paths
+    fake = tmp_path / "fake_throughput.py"
+    fake.write_text(
+        "import json, sys\n"
+        "a = sys.argv[1:]\n"
+        "rows = [{'method': m, 'path': p, 'img_per_s': 10.0 * (i + 1)} for i, (m, p) in enumerate(\n"
+        "        [('mae', 'faithful'), ('mae', 'fast'), ('imae', 'faithful'), ('imae', 'fast')])]\n"
+        "json.dump({'device': 'fake', 'args': a, 'rows': rows}, open(a[a.index('--out') + 1], 'w'))\n")
+    cfg = campaign_config(tmp_path, toy_root, stages=["throughput"], throughput_script=fake,
+                          throughput_estimate_s=5.0, throughput_args=["--steps", "3"])
+    summary = run_campaign(cfg)
+    m = json.loads(cfg.manifest.read_text())
+    assert summary["outcome"] == "ok" and m["stages"]["throughput"]["status"] == "done"
+    assert m["stages"]["throughput"]["result"]["throughput"]["img_per_s"]["imae/fast"] == 40.0
+    table = json.loads((cfg.work / "stages" / "throughput" / "throughput.json").read_text())
+    assert table["args"][:2] == ["--preset", "tiny"] and table["args"][-2:] == ["--steps", "3"]
+    assert "throughput/throughput.json" in members(cfg.out / "throughput.tar.gz")
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def test_cli_list_and_errors(window1, capsys):
+    from imae.cli import main
+
+    assert main(["campaign", "--preset", "tiny", "--list", "--manifest", str(window1["tmp"] / "manifest.json")]) == 0
+    text = capsys.readouterr().out
+    assert "mae" in text and "done" in text and "ablation-no-distillation" in text and "pending" in text
+    assert main(["campaign", "--preset", "tiny"]) == 2  # --out is required
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["campaign", "--preset", "tiny", "--out", "x", "--stages", "nope"]) == 2
+    assert "unknown campaign stage" in capsys.readouterr().err
+
+
+def test_campaign_imports_only_what_the_gpu_machine_has():
+    """The GPU machine has python, torch, timm, numpy, pandas, scikit-learn, pyyaml, tqdm, safetensors (no pip,
+    no papermill/nbformat/jupyter): the campaign's modules import nothing else (checked in a fresh process)."""
+    code = (
+        "import sys, importlib\n"
+        "before = set(sys.modules)\n"
+        "for m in ['imae.campaign.runner', 'imae.campaign.collect', 'imae.campaign.cli', 'imae.pretrained']:\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted({n.split('.')[0] for n in sys.modules} & {'papermill', 'nbformat', 'jupyter', 'nbclient',\n"
+        "             'myst_nb', 'matplotlib', 'IPython', 'pip'})\n"
+        "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,99 @@
+"""The comparison glue (per-item metrics across seeds and arms) and the Findings table's verdicts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from imae import comparison as cmp
+from imae import findings, stats
+
+
+def _sep_result(rng, n=400, gain=0.0, n_alphas=3):
+    sst = rng.uniform(0.5, 1.5, n)
+    sse = sst[None, :] * (0.7 - gain) * rng.uniform(0.8, 1.2, (n_alphas, n))
+    return {"what": "separability", "items": {"mean/sub/sse": sse, "mean/sub/sst": sst,
+                                              "mean/sub/sse_const": sst * 1.001}}
+
+
+def test_paired_differences_across_arms_and_seeds_find_a_real_gain():
+    rng = np.random.default_rng(0)
+    res = {"MAE": [_sep_result(np.random.default_rng(s)) for s in range(3)],
+           "i-MAE": [_sep_result(np.random.default_rng(s), gain=0.1) for s in range(3)],
+           "untrained": [_sep_result(np.random.default_rng(s), gain=-0.2) for s in range(3)]}
+    est = cmp.estimates(res, cmp.ls("sub"))
+    assert set(est) == {"MAE", "i-MAE", "untrained"} and est["MAE"].mean.shape == (3,)
+    assert np.allclose(est["MAE"].mean, 0.3, atol=0.02)
+    d = cmp.differences(res, cmp.ls("sub"))
+    assert set(d) == {"i-MAE − MAE", "MAE − untrained"}  # no "MAE continued" arm: that pair is skipped
+    assert np.all(d["i-MAE − MAE"].lo > 0)
+    scalar = stats.estimate([cmp.at_alpha(cmp.ls("sub"), 1)(r) for r in res["MAE"]])
+    assert np.ndim(scalar.mean) == 0
+    const = cmp.estimates({"c": res["MAE"]}, cmp.ls_const("sub"))["c"]
+    assert np.all(np.abs(const.mean) < 0.01)
+    wide = cmp.wide(cmp.frame(est, index=[0.1, 0.3, 0.5]))
+    assert list(wide.columns) == ["MAE", "i-MAE", "untrained"] and "[" in wide.iloc[0, 0]
+    del rng
+
+
+def test_a_result_without_items_names_the_fix():
+    with pytest.raises(KeyError, match="rerun the evaluation"):
+        cmp.ls("sub")({"what": "separability"})
+
+
+def _d(mean, lo, hi):
+    return {"mean": mean, "lo": lo, "hi": hi, "n_seeds": 3, "n_items": 100}
+
+
+def _write(tmp_path, name, rec, preset="small", sub=None):
+    folder = tmp_path / sub if sub else tmp_path
+    folder.mkdir(exist_ok=True)
+    rec = {"notebook": name, "preset": preset, "seeds": [0, 1, 2], "runs": {
+        "MAE (seed 0)": {"method": "mae", "dataset": "cifar10", "train_images": "all", "epochs": 10, "hardware": "CPU"},
+        "i-MAE (seed 0)": {"method": "imae", "dataset": "cifar10", "train_images": "all", "epochs": 4}}, **rec}
+    (folder / f"{name}.json").write_text(json.dumps(rec))
+
+
+def _classification(signal, probe, ft_works=True):
+    return {"differences": {"linear probe": {"MAE − untrained": _d(*signal), "i-MAE − MAE": _d(*probe),
+                                             "i-MAE − MAE continued": _d(*probe)},
+                            "fine-tune": {"i-MAE − MAE": _d(0.02, 0.01, 0.03)}},
+            "finetune_works": ft_works}
+
+
+def _separability(diffs):
+    return {"alphas": [0.1, 0.3, 0.5], "differences": {"sub": {
+        "i-MAE − MAE": _d(*[list(x) for x in zip(*diffs)]),
+        "i-MAE − MAE continued": _d(*[list(x) for x in zip(*diffs)]),
+        "MAE − untrained": _d([0.1] * 3, [0.05] * 3, [0.15] * 3)}}}
+
+
+def test_findings_verdicts_follow_the_intervals_and_the_training_signal(tmp_path):
+    _write(tmp_path, "classification", _classification((0.08, 0.06, 0.10), (0.02, 0.01, 0.03), ft_works=False))
+    _write(tmp_path, "separability", _separability([(0.05, 0.02, 0.08), (-0.04, -0.06, -0.02), (0.0, -0.01, 0.01)]))
+    t = findings.findings(tmp_path).set_index("claim")
+    v = t["verdict"]
+    assert v["i-MAE learns better representations than MAE for linear probing"] == "supported"
+    assert v["... and for fine-tuning"] == "not detected at this scale"  # the recipe is not shown to work
+    assert "does not beat" in t.loc["... and for fine-tuning", "controls"]
+    ls = "Two-way reconstruction with distillation makes the mixture's latent linearly separable"
+    assert v[ls] == "contradicted"  # at alpha = 0.3 the interval lies below 0
+    assert v["The separability effect holds across α"] == "contradicted"
+    assert v["Semantics-enhanced (same-class) sampling raises the degree of semantics"] == "not measured"
+    assert "`small`" in t.loc[ls, "scale"] and "3 training seeds" in t.loc[ls, "scale"]
+
+
+def test_no_training_signal_means_nothing_is_detected(tmp_path):
+    _write(tmp_path, "classification", _classification((0.0, -0.01, 0.01), (0.05, 0.03, 0.07)))
+    t = findings.findings(tmp_path).set_index("claim")
+    assert t.loc["i-MAE learns better representations than MAE for linear probing", "verdict"] == \
+        "not detected at this scale"
+
+
+def test_the_largest_scale_wins_when_results_land(tmp_path):
+    _write(tmp_path, "classification", _classification((0.0, -0.01, 0.01), (0.0, -0.01, 0.01)), preset="tiny")
+    _write(tmp_path, "classification", _classification((0.1, 0.08, 0.12), (-0.03, -0.05, -0.01)),
+           preset="cifar", sub="cifar")
+    t = findings.findings(tmp_path).set_index("claim")
+    row = t.loc["i-MAE learns better representations than MAE for linear probing"]
+    assert row["verdict"] == "contradicted" and "`cifar`" in row["scale"]
