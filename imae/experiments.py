@@ -204,61 +204,6 @@ def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_r
             for name, change in variants.items()}
 
 
-def ablation_table(runs: dict, *, alphas=(0.1, 0.3), pool: str = "mean", **eval_options) -> "pd.DataFrame":
-    """For every i-MAE variant: LS ridge R² and splitter cosine of the subordinate, reconstruction PSNR of
-    both components over the removed patches (at each alpha), and the clean linear-probe accuracy."""
-    import pandas as pd
-
-    rows = {}
-    for name, run in runs.items():
-        sep = evaluate(run, "separability", alphas=list(alphas), **eval_options)
-        rec = evaluate(run, "reconstruction", alphas=list(alphas), n_examples=0, **eval_options)
-        probe = evaluate(run, "linear-probe", **{k: v for k, v in eval_options.items() if k != "n_pairs"})
-        row = {}
-        for k, a in enumerate(alphas):
-            row[f"LS sub R² (α={a})"] = sep["ridge"][pool]["sub"]["r2"][k]
-            if sep.get("no_refit"):
-                row[f"splitter cos sub (α={a})"] = sep["no_refit"]["sub"]["cosine"][k]
-            row[f"PSNR sub dB (α={a})"] = rec["imae"]["sub"]["psnr_masked"][k]
-            row[f"PSNR dom dB (α={a})"] = rec["imae"]["dom"]["psnr_masked"][k]
-        row["linear probe %"] = 100 * probe["accuracy"][pool]
-        rows[name] = row
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def curves(result: dict, metric: str, *, pool: str = "mean") -> dict:
-    """{label: (alphas, values)} for :func:`imae.plots.metric_vs_alpha` from evaluation results.
-
-    Args:
-        result: {model label: evaluation result} (e.g. {"MAE": ..., "i-MAE": ...}).
-        metric: ``ls`` (ridge R²), ``no_refit_cos``, ``no_refit_r2``, ``ds`` (accuracy), ``ds_ratio``,
-            ``psnr`` / ``ssim`` (full image) or ``psnr_masked`` (removed patches only).
-    """
-    out = {}
-    for label, r in result.items():
-        for part in ("sub", "dom"):
-            if metric == "ls":
-                values = r["ridge"][pool][part]["r2"]
-            elif metric.startswith("no_refit"):
-                if not r.get("no_refit"):
-                    continue
-                values = r["no_refit"][part]["cosine" if metric.endswith("cos") else "r2"]
-            elif metric == "ds":
-                values = r["accuracy"][pool][part]
-            elif metric == "ds_ratio":
-                values = r["ratio"][pool][part]
-            elif metric in ("psnr", "psnr_masked", "ssim"):
-                values = r[label_key(label)][part][metric]
-            else:
-                raise ValueError(f"unknown metric {metric!r}")
-            out[f"{label}, {'subordinate' if part == 'sub' else 'dominant'}"] = (r["alphas"], values)
-    return out
-
-
-def label_key(label: str) -> str:
-    return {"i-MAE": "imae", "MAE": "mae", "mixture itself": "input"}[label]
-
-
 def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list[str]]:
     """Image-grid rows from a reconstruction result's examples: {row label: [7 images]}, column titles.
     The "visible" column is the mixture with the removed patches grey: all the encoder sees. The

@@ -58,35 +58,7 @@ def loss_curves(runs: dict, *, smooth_steps: int | None = None):
     return _done(fig)
 
 
-MODEL_COLORS = {"MAE": PALETTE["mae"], "i-MAE": PALETTE["imae"], "mixture itself": "#8c8c8c"}
-
-
-def metric_vs_alpha(curves: dict, *, ylabel: str, title: str = "", ylim=None, chance: float | None = None):
-    """Lines of a metric against the subordinate weight alpha.
-
-    Args:
-        curves: {"<model>, subordinate|dominant": (alphas, values)} as :func:`imae.experiments.curves` gives:
-            the model picks the colour, the component the line (subordinate solid, dominant dashed).
-        ylabel, title: axis texts.
-        chance: draw a horizontal chance line.
-    """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for label, (alphas, values) in curves.items():
-        model, _, part = label.rpartition(", ")
-        style = {"subordinate": "-", "dominant": "--"}.get(part, "-")
-        # MAE drawn wide and light underneath, so that identical curves stay visible as two
-        width, alpha_, marker = (4.0, 0.45, "s") if model == "MAE" else (1.6, 1.0, "o")
-        ax.plot(alphas, values, style, marker=marker, ms=3.5, lw=width, alpha=alpha_, color=MODEL_COLORS.get(model),
-                label=label)
-    if chance is not None:
-        ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
-    ax.set(xlabel=r"subordinate weight $\alpha$", ylabel=ylabel, title=title)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _done(fig)
+MODEL_COLORS = {"MAE": PALETTE["mae"], "i-MAE": PALETTE["imae"], "untrained": "#7f7f7f"}
 
 
 def line_curves(curves: dict, *, xlabel: str, ylabel: str, title: str = ""):
@@ -118,26 +90,6 @@ def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float 
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
             if r == 0 and col_titles:
                 ax.set_title(col_titles[c], fontsize=8)
-    fig.tight_layout()
-    return _done(fig)
-
-
-def bars(table: pd.DataFrame, *, value: str, group: str, hue: str, ylabel: str, title: str = ""):
-    """Grouped bars from a long table (e.g. accuracy by evaluation and model)."""
-    plt = _plt()
-    groups, hues = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[hue]))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(groups) * len(hues) / 2 + 2), 3.6))
-    width = 0.8 / len(hues)
-    for k, h in enumerate(hues):
-        sub = table[table[hue] == h].set_index(group).reindex(groups)
-        xs = np.arange(len(groups)) + (k - (len(hues) - 1) / 2) * width
-        ax.bar(xs, sub[value], width, label=str(h))
-        for x, v in zip(xs, sub[value]):
-            if np.isfinite(v):
-                ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set(ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return _done(fig)
 

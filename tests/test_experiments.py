@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,8 @@ def test_evaluations_are_cached_by_options(mae_run):
     a = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
     files = sorted((mae_run / "eval").iterdir())
     b = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
+    items_a, items_b = a.pop("items"), b.pop("items")  # per-item numpy arrays, read back from the npz
+    assert items_a.keys() == items_b.keys() and all(np.array_equal(items_a[k], items_b[k]) for k in items_a)
     assert a == b and sorted((mae_run / "eval").iterdir()) == files
     ex.evaluate(mae_run, "knn", device="cpu", max_images=100)
     assert len(list((mae_run / "eval").iterdir())) == len(files) + 1
@@ -72,16 +75,19 @@ def test_params_files_exist_for_every_documented_preset():
         notebook_parameters("imagenet", repo_root())
 
 
-def test_curves_and_their_styles():
+def test_bands_draw_one_line_and_band_per_model_with_its_style():
+    import pandas as pd
+
     from imae import plots
 
-    r = {"alphas": [0.1, 0.5], "ridge": {"mean": {"sub": {"r2": [0.1, 0.5]}, "dom": {"r2": [0.9, 0.5]}}}}
-    curves = ex.curves({"MAE": r, "i-MAE": r}, "ls")
-    assert list(curves) == ["MAE, subordinate", "MAE, dominant", "i-MAE, subordinate", "i-MAE, dominant"]
-    fig = plots.metric_vs_alpha(curves, ylabel="R²")
+    df = pd.DataFrame([{"model": m, "alpha": a, "mean": v, "lo": v - 0.1, "hi": v + 0.1}
+                       for m, v in (("MAE", 0.3), ("i-MAE", 0.4), ("untrained", 0.2)) for a in (0.1, 0.5)])
+    fig = plots.bands(df, ylabel="R²", chance=0.1)
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
-    assert lines["MAE, dominant"].get_linestyle() == "--" and lines["i-MAE, subordinate"].get_linestyle() == "-"
-    assert lines["MAE, subordinate"].get_color() != lines["i-MAE, subordinate"].get_color()
+    assert set(lines) == {"MAE", "i-MAE", "untrained", "chance"}
+    assert lines["untrained"].get_linestyle() == "--" and lines["i-MAE"].get_linestyle() == "-"
+    assert lines["MAE"].get_color() != lines["i-MAE"].get_color()
+    assert len(fig.axes[0].collections) == 3  # one shaded interval per model
 
 
 def test_unknown_loss_weight_is_refused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ import torch
 import yaml
 
 from imae.errors import CheckpointError, ConfigError, RunDirError
-from imae.metrics import (PSNR_CAP, RIDGE_GRID, LoadedModel, clean_features, degree_of_semantics, evaluate,
-                          fit_ridge, knn_classifier, linear_classifier, linear_separability, load_eval_data,
-                          load_model, load_reference, make_pairs, psnr, r2_score, ssim)
+from imae.metrics import (PSNR_CAP, RIDGE_GRID, LoadedModel, clean_features, code_version, degree_of_semantics,
+                          evaluate, fit_ridge, knn_classifier, linear_classifier, linear_separability,
+                          load_eval_data, load_model, load_reference, make_pairs, psnr, r2_score, ssim)
 from imae.metrics.features import EvalData, Pairs, Split, encode
 from imae.metrics.reconstruction import predicted_image
 from imae.metrics.separability import NoRefitScores, reference_pass
@@ -169,6 +170,16 @@ def test_norm_pix_prediction_uses_only_the_visible_mixture_statistics():
     # hidden content (of the mixture or of the target) does not reach the de-normalised prediction
     x_changed = x_mix + 5 * removed.reshape(2, 4, 4).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None]
     assert torch.equal(predicted_image(mae, zeros, x_changed, visible), out)
+    # in the pipeline: an MAE predicting zeros gives ONE image, whichever component it is scored against
+    from imae.metrics.reconstruction import _images
+
+    mae32 = MaskedAutoencoderViT(**REGION_ARCH, norm_pix_loss=True)
+    mae32.forward_decoder = lambda latent, ids_restore: torch.zeros(latent.shape[0], mae32.num_patches, 192)
+    split = _region_data(1, 1).test  # its normalisation: x / 255
+    x_sub, x_dom = torch.rand(1, 3, 32, 32, generator=g) * 0.2, 0.5 + torch.rand(1, 3, 32, 32, generator=g) * 0.5
+    imgs = _images(types.SimpleNamespace(mae=mae32), None, x_sub, x_dom, 0.3, 0.75,
+                   torch.rand(1, 16, generator=g), split)
+    assert torch.equal(imgs["mae"]["sub"], imgs["mae"]["dom"])
     # with every patch visible and the model's own target patches, the round trip keeps each patch's contrast
     pred = mae.target_patches(x_mix)
     back = mae.patchify(predicted_image(mae, pred, x_mix))
@@ -307,8 +318,6 @@ def test_no_refit_scores_are_centred_a_constant_head_scores_zero(mae_run):
     """A head that outputs the mean target (a constant) carries no information about the pair. Its raw
     cosine with the targets is high (the tokens share a large common part) — which the old score reported —
     while the centred cosine is 0 and R² is the constant control's, about 0."""
-    import types
-
     m = load_model(mae_run)
     data = load_eval_data(m.config)
     pairs = make_pairs(data.test.labels, 40, seed=1)
@@ -495,6 +504,126 @@ def test_separability_items_reproduce_the_reported_numbers(mae_run):
                                                                               abs=1e-5)
 
 
+def _duplicated_rows(n_images: int = 60, copies: int = 3, d: int = 100, seed: int = 0):
+    """Rows that repeat images: features x and targets y are drawn per IMAGE, independently (nothing to
+    learn), and every image appears ``copies`` times. Returns x, y (ridge target), labels, image ids."""
+    g = torch.Generator().manual_seed(seed)
+    x_img, y_img = torch.randn(n_images, d, generator=g), torch.randn(n_images, 5, generator=g)
+    lab_img = torch.randint(0, 5, (n_images,), generator=g)
+    ids = torch.arange(n_images).repeat(copies)
+    return x_img[ids], y_img[ids], lab_img[ids], ids
+
+
+def test_penalty_validation_grouped_by_image_does_not_leak():
+    """With repeated images, a split by row validates on copies of fitting rows: memorising them looks
+    perfect (validation R² ≈ 1, accuracy ≈ 1) though nothing generalises. Grouped by image, validation
+    sees only unseen images and reports what there is: nothing."""
+    from imae.metrics.ridge import group_split
+
+    x, y, labels, ids = _duplicated_rows()
+    leaky = fit_ridge(x, y, seed=0)
+    grouped = fit_ridge(x, y, seed=0, groups=ids)
+    assert max(leaky.val_r2) > 0.9 and max(grouped.val_r2) < 0.1
+    assert leaky.lam_rel <= 1e-3 and grouped.lam_rel >= 10  # memorise vs nothing to fit: a strong penalty
+    lin_leaky = linear_classifier(x, labels, x[:5], labels[:5], seed=0)
+    lin_grouped = linear_classifier(x, labels, x[:5], labels[:5], seed=0, groups=ids)
+    assert max(lin_leaky["val_accuracy"].values()) > 0.9 and max(lin_grouped["val_accuracy"].values()) < 0.6
+    # pairs of images: no image on both sides, rows mixing the two kinds left out, ~val_fraction validate
+    partners = torch.randint(0, 400, (400,), generator=torch.Generator().manual_seed(1))
+    pairs = torch.stack([torch.arange(400), partners], dim=1)
+    val, fit = group_split(400, 0.2, 0, pairs)
+    assert not set(pairs[val].flatten().tolist()) & set(pairs[fit].flatten().tolist())
+    assert 0.1 < len(val) / 400 < 0.3 and len(fit) > 80
+    v1, f1 = group_split(50, 0.2, 3)  # without groups: the plain seeded permutation, as before
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(v1, perm[:10]) and torch.equal(f1, perm[10:])
+
+
+def test_code_version_changes_when_metric_code_changes(tmp_path, monkeypatch):
+    from imae.metrics import sourcehash
+
+    assert sourcehash.code_version() == sourcehash.code_version() and len(sourcehash.code_version()) == 12
+    names = {p.relative_to(sourcehash.PACKAGE).as_posix() for p in sourcehash.code_files()}
+    assert {"metrics/separability.py", "data/pairs.py", "models/mae.py"} <= names
+    copy = tmp_path / "separability.py"
+    copy.write_text((sourcehash.PACKAGE / "metrics" / "separability.py").read_text())
+    monkeypatch.setattr(sourcehash, "code_files", lambda: [copy])
+    before = sourcehash.code_version()
+    copy.write_text(copy.read_text().replace("sse_const", "sse_mean"))
+    assert sourcehash.code_version() != before
+
+
+def _copy_runs(mae_run, imae_run, tmp_path):
+    """A private copy of the teacher and of its i-MAE, the i-MAE pointing at the copied teacher."""
+    import shutil
+
+    from imae.checkpoint import load_checkpoint, save_checkpoint
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(mae_run, teacher)
+    student = tmp_path / "student"
+    shutil.copytree(imae_run, student)
+    ckpt = load_checkpoint(student)
+    ckpt["teacher"]["path"] = str(teacher)
+    ckpt["config"]["imae"]["teacher"] = str(teacher)
+    save_checkpoint(ckpt, student / "checkpoint.pt")
+    return teacher, student
+
+
+def test_training_records_the_teacher_and_evaluation_verifies_it(mae_run, imae_run, tmp_path):
+    from imae.checkpoint import load_checkpoint, save_checkpoint
+
+    teacher_ckpt = load_checkpoint(mae_run)
+    record = load_checkpoint(imae_run)["teacher"]
+    assert record == {"path": str(mae_run), "fingerprint": teacher_ckpt["fingerprint"], "step": teacher_ckpt["step"]}
+    teacher, student = _copy_runs(mae_run, imae_run, tmp_path)
+    m = load_model(student)
+    assert load_reference(m).path == teacher / "checkpoint.pt"
+    assert load_reference(m, expect_fingerprint=teacher_ckpt["fingerprint"]).as_teacher == record["fingerprint"]
+    with pytest.raises(ConfigError, match="expected"):
+        load_reference(m, expect_fingerprint="someone-else")
+    with pytest.raises(ConfigError, match="expected"):  # an MAE is its own reference; pinned, it must match
+        load_reference(load_model(mae_run), expect_fingerprint="someone-else")
+    # the teacher is trained further (another step, another encoder) after the i-MAE was trained
+    changed = dict(teacher_ckpt, finished=False, step=teacher_ckpt["step"] + 5)
+    save_checkpoint(changed, teacher / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="changed since") as err:
+        load_reference(m)
+    msg = str(err.value)
+    assert record["fingerprint"] in msg and f"@step{changed['step']}" in msg and "Fix" in msg
+    with pytest.raises(ConfigError, match="changed since"):
+        evaluate(student, "separability", alphas=[0.3], n_pairs=40)
+    # an old checkpoint without the recorded fingerprint: loaded, with a warning
+    ckpt = load_checkpoint(student)
+    ckpt["teacher"] = {"path": str(teacher)}
+    save_checkpoint(ckpt, student / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        assert load_reference(load_model(student)).step == changed["step"]
+
+
+def test_evaluation_items_are_written_and_read_back(mae_run, tmp_path):
+    """items go to <what>_items.npz (not the JSON); the cached experiments.evaluate loads them back."""
+    import shutil
+
+    from imae import experiments
+
+    run = tmp_path / "run"
+    shutil.copytree(mae_run, run)
+    res = experiments.evaluate(run, "knn")
+    assert res["items_file"] == "knn_items.npz" and "correct" not in res["per_pool"]["mean"]
+    n = res["per_pool"]["mean"]["n_test"]
+    assert res["items"]["test_index"].tolist() == list(range(n)) and res["items"]["mean/correct"].dtype == bool
+    assert res["items"]["mean/correct"].mean() == pytest.approx(res["accuracy"]["mean"])
+    assert experiments.evaluate(run, "knn")["items"].keys() == res["items"].keys()  # the cached copy
+    rec = experiments.evaluate(run, "reconstruction", alphas=[0.2, 0.5], n_pairs=12, n_examples=0)
+    for name in ("mae", "input"):
+        for t in ("sub", "dom"):
+            arr = rec["items"][f"{name}/{t}/psnr_masked"]
+            assert arr.shape == (2, 12) and arr.dtype == np.float32
+            assert arr.mean(axis=1) == pytest.approx(rec[name][t]["psnr_masked"], rel=1e-5)
+    assert "imae/sub/psnr" not in rec["items"] and rec["items"]["pairs_a"].shape == (12,)
+
+
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("run", ["mae_run", "imae_run"])
 def test_evaluate_every_what_writes_json(run, request, tmp_path):
@@ -506,12 +635,21 @@ def test_evaluate_every_what_writes_json(run, request, tmp_path):
         meta = written["metadata"]
         assert written["what"] == what and meta["fingerprint"] == load_model(ckpt).fingerprint
         assert meta["dataset"] == "cifar10" and meta["seed"] == 1 and meta["wall_time_s"] > 0
-        assert res["metadata"]["device"] == "cpu"
+        assert res["metadata"]["device"] == "cpu" and meta["code_version"] == code_version()
+        assert "items" not in written and written["items_file"] == f"{what}_items.npz"
+        with np.load(out / written["items_file"]) as z:
+            assert set(z.files) == set(res["items"]) and {"pairs_a", "test_index"} & set(z.files)
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert set(cfg["evaluations"]) == set(WHATS) and cfg["model"]["config"]["train"]["method"] == run[:-4]
     sep = json.loads((out / "separability.json").read_text())
     assert len(sep["ridge"]["cls"]["sub"]["r2"]) == 2 and sep["no_refit"]["head"] == (
         "splitter" if run == "imae_run" else "decoder_embed")
+    assert len(sep["ratio"]["mean"]["dom"]) == 2 and set(sep["const_r2"]["cls"]) == {"sub", "dom"}
+    assert set(sep["no_refit"]["sub"]) == {"r2", "centred_cosine", "const_r2"}
+    sem = json.loads((out / "semantics.json").read_text())
+    assert sem["chance"] == pytest.approx(1 / 9) and len(sem["set_accuracy"]["mean"]) == 1
+    if run == "imae_run":  # verified against the teacher its training recorded
+        assert sep["metadata"]["reference"]["as_teacher"] == load_model(ckpt).teacher_fingerprint
     rec = json.loads((out / "reconstruction.json").read_text())
     assert (rec["imae"] is None) == (run == "mae_run") and rec["mae"] is not None
     ex = np.load(out / rec["examples_file"])

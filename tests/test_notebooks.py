@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from imae.reproduce import NOTEBOOKS, build_book, run_notebook, write_performance, write_status
+from imae.reproduce import CHAPTERS, NOTEBOOKS, build_book, run_notebook, write_performance, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_OVERRIDES = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
@@ -34,7 +34,8 @@ def executed_book(toy_root, tmp_path_factory):
     shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("*.ipynb", "results", "_build"))
     params = {"preset": "tiny", "data_root": str(toy_root), "mae_epochs": 2, "imae_epochs": 2, "device": "cpu",
               "overrides": MICRO_OVERRIDES, "runs_dir": str(root / "runs"), "results_dir": str(book / "results"),
-              "max_images": 100, "finetune_epochs": 1, "same_probs": [0.0, 1.0], "ablation_epochs": 1}
+              "max_images": 100, "finetune_epochs": 1, "same_probs": [0.0, 1.0], "ablation_epochs": 1,
+              "seeds": [0, 1]}
     for name in NOTEBOOKS:
         run_notebook(name, params, root=REPO, out_dir=book, log=lambda *a: None)
     write_status(book)
@@ -43,7 +44,7 @@ def executed_book(toy_root, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
     html = (executed_book / "_build" / "html" / f"{name}.html").read_text()
     expected = _figures(REPO / "experiments" / f"{name}.ipynb")
@@ -53,11 +54,28 @@ def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
     assert "Rerun this chapter" in html and f"make figure NB={name}" in html
     record = json.loads((executed_book / "book" / "results" / f"{name}.json").read_text())
     assert record["notebook"] == name and record["runs"]
+    if name != "pretrain":  # every chapter that compares models shows intervals
+        assert "95 % CI" in html or "95 % interval" in html
+    assert "untrained" in html  # ... and its controls
+
+
+def test_findings_page_has_a_verdict_for_every_claim(executed_book):
+    import pandas as pd
+
+    html = (executed_book / "_build" / "html" / "findings.html").read_text()
+    table = pd.read_csv(executed_book / "book" / "results" / "findings.csv")
+    assert len(table) == 6 and table["verdict"].notna().all()
+    assert set(table["verdict"]) <= {"supported", "not detected at this scale", "contradicted", "not measured"}
+    assert "not measured" not in set(table["verdict"])  # every chapter ran, so every claim has a measurement
+    for claim in table["claim"]:
+        assert claim.split("'")[0][:30] in html.replace("&#8217;", "'")
+    intro = (executed_book / "_build" / "html" / "intro.html").read_text()
+    assert "findings.html" in intro
 
 
 def test_status_table_and_intro(executed_book):
     status = (executed_book / "book" / "status_table.md").read_text()
-    for name in NOTEBOOKS:
+    for name in CHAPTERS:
         assert f"({name}.ipynb)" in status
     assert "not run yet" not in status and "cifar10" in status
     intro = (executed_book / "_build" / "html" / "intro.html").read_text()

@@ -52,7 +52,8 @@ def add_campaign_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--work", help="scratch folder for runs (default runs/campaign-PRESET)")
     p.add_argument("--manifest", help="campaign manifest (default campaign/PRESET/manifest.json)")
     p.add_argument("--weights-dir", help="stored weights of finished stages (default: beside the manifest)")
-    p.add_argument("--data-pack", help="folder with the CIFAR-10 packs and cifar_unpack.py, unpacked into the data root")
+    p.add_argument("--data-pack",
+                   help="folder with the CIFAR-10 packs and cifar_unpack.py, unpacked into the data root")
     p.add_argument("--data-root", help="dataset root (default WORK/data with --data-pack, else the config's)")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages (default: all, in order)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
@@ -67,6 +68,8 @@ def add_campaign_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--reserve-s", type=float, help="the watchdog fires this long before the deadline (default 3%%)")
     p.add_argument("--eval-share", type=float, default=0.3,
                    help="at most this part of the budget is kept for evaluations while planning training")
+    p.add_argument("--train-fraction", type=float, default=0.7,
+                   help="the first MAE + i-MAE training takes at most this part of the budget")
     p.add_argument("--smoke-steps", type=int, default=8)
     p.add_argument("--smoke-epochs", type=int, default=3)
     p.add_argument("--throughput-args", default="", help="extra arguments for benchmarks/throughput.py")
@@ -103,7 +106,8 @@ def cmd_campaign(args) -> int:
         stages=args.stages, device=args.device, compile=args.compile, overrides=_pairs(args.set, "--set"),
         epochs=_pairs(args.epochs, "--epochs", int), max_epochs=_pairs(args.max_epochs, "--max-epochs", int),
         min_epochs=args.min_epochs, eval_extra=_eval_options(args.eval_option), reserve_s=args.reserve_s,
-        eval_share=args.eval_share, smoke_steps=args.smoke_steps, smoke_epochs=args.smoke_epochs,
+        eval_share=args.eval_share, train_fraction=args.train_fraction, smoke_steps=args.smoke_steps,
+        smoke_epochs=args.smoke_epochs,
         throughput_args=shlex.split(args.throughput_args), throughput_estimate_s=args.throughput_estimate_s,
         started=time.monotonic() - process_age_s(), argv=sys.argv[1:])
     summary = run_campaign(cfg)

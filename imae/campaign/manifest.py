@@ -134,8 +134,8 @@ class Manifest:
 
 def check(data: dict, path, preset: str) -> None:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise CampaignError(f"{path} is not a campaign manifest (format {data.get('format') if isinstance(data, dict) else type(data).__name__!r}, "
-                            f"expected {MANIFEST_FORMAT!r})")
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CampaignError(f"{path} is not a campaign manifest (format {found!r}, expected {MANIFEST_FORMAT!r})")
     if data.get("preset") != preset:
         raise CampaignError(f"{path} is the manifest of preset {data.get('preset')!r}, not {preset!r}. Fix: pass "
                             f"--manifest campaign/{preset}/manifest.json (or another path)")

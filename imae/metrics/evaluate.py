@@ -11,9 +11,9 @@ example images of the reconstruction go to ``out/reconstruction_examples.npz``, 
 Per-item arrays of every evaluation (``items``; A alphas, P test pairs, N test images):
 
 * ``linear-probe``, ``knn``: ``{pool}/correct`` (N,) bool and ``test_index`` (N,) int64;
+* ``finetune``: ``{pool}/correct`` (N,) bool (after the last epoch) and ``test_index`` (N,) int64;
 * ``semantics``, ``separability``, ``reconstruction``: see their modules (``pairs_a``, ``pairs_b`` (P,)
-  int64 name the test pairs);
-* ``finetune``: none.
+  int64 name the test pairs).
 """
 
 from __future__ import annotations
