@@ -246,7 +246,8 @@ def materialize_run(card_path: str | os.PathLike, run_dir: str | os.PathLike, **
     save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "fingerprint": fp, "finished": True,
                      "model": model.state_dict(), "step": (card.get("trained") or {}).get("steps", 0),
                      "epoch": epochs, "batch": 0, "elapsed_s": float((card.get("trained") or {}).get("train_s", 0.0)),
-                     "teacher": {"path": str(cfg.imae.teacher)} if card["kind"] == "imae" else None,
+                     "teacher": ({"path": str(cfg.imae.teacher), **(card.get("teacher_record") or {})}
+                                 if card["kind"] == "imae" else None),
                      "hardware": (card.get("trained") or {}).get("device", "unknown"),
                      "weights_sha256": card["sha256"], "stored_weights": str(Path(card_path).resolve())}, ckpt_file)
     return run_dir

@@ -118,13 +118,25 @@ def test_end_to_end_window(window1):
     assert json.loads((work / "stages" / "mae" / "weights" / "tiny-mae.json").read_text())[
         "config"]["model"]["norm_pix_loss"] is True
     assert card["config"]["imae"]["teacher"] == str(work / "models" / "tiny-mae")
+    assert card["teacher_record"]["fingerprint"] == json.loads(
+        (work / "stages" / "mae" / "weights" / "tiny-mae.json").read_text())["fingerprint"]
+    from imae.metrics.loading import load_model, load_reference
+
+    import warnings
+
+    student = load_model(work / "models" / "tiny-imae")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unverifiable teacher would only warn
+        assert load_reference(student).path == work / "models" / "tiny-mae" / "checkpoint.pt"
     assert m["stages"]["imae"]["inputs"] == {"mae": f["sha256"]}
     # Evaluations: every model x every evaluation, separability against the ONE teacher reference.
     items = m["stages"]["eval"]["items"]
     assert len(items) == 15 and {k.split("/")[0] for k in items} == {"mae", "imae", "untrained"}
+    teacher_fp = json.loads((work / "stages" / "mae" / "weights" / "tiny-mae.json").read_text())["fingerprint"]
     for model in ("mae", "imae", "untrained"):
         sep = json.loads((work / "stages" / "eval" / "evals" / model / "separability.json").read_text())
         assert sep["metadata"]["reference"]["path"] == str(work / "models" / "tiny-mae" / "checkpoint.pt")
+        assert sep["metadata"]["reference"]["fingerprint"] == teacher_fp
         assert items[f"{model}/knn"]["summary"]["cls"] >= 0
     assert log_evaluations(out) == set(items)
 

@@ -75,7 +75,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
     if (src / LOG_NAME).is_file():
         wid = max((w.get("id", 0) for w in returned.get("windows", [])), default=0)
         (dest / "logs").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / LOG_NAME, dest / "logs" / f"window-{wid}.log")
+        shutil.copyfile(src / LOG_NAME, dest / "logs" / f"window-{wid}.log")  # the source may be read-only
     merged = merge(local.data, keep)
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / MANIFEST_NAME, json.dumps(merged, indent=1) + "\n")
@@ -130,7 +130,7 @@ def _place(stage_dir: Path, dest: Path, rec: dict) -> None:
         if rel in files and sha256_file(p) != files[rel]["sha256"]:
             raise CampaignError(f"{stage_dir.name}/{rel} does not match the manifest's sha256")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, target)
+        shutil.copyfile(p, target)
     for card in sorted((dest / "weights").glob("*.json")) if (stage_dir / "weights").is_dir() else []:
         if (stage_dir / "weights" / card.name).is_file():
             verify(card)

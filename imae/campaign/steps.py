@@ -118,6 +118,8 @@ class StepsMixin:
             folder = stage_dir / "weights" if spec.weights_name else self.work / "weights"
             extra = {"trained": result, "stage": stage.name, "teacher": Path(teacher).name if teacher else None,
                      "init_from": Path(init_from).name if init_from else None}
+            if ckpt.get("teacher"):  # what training recorded of its teacher, so later windows can verify it
+                extra["teacher_record"] = {k: ckpt["teacher"].get(k) for k in ("fingerprint", "step")}
             card = save_weights(ckpt["model"], cfg, folder, name, fingerprint=ckpt["fingerprint"], extra=extra,
                                 max_bytes=MAX_MODEL_BYTES)
             over = {"data.root": self.common["data.root"], "data.download": False, "train.device": str(self.device)}
@@ -159,6 +161,7 @@ class StepsMixin:
     def run_evals(self, stage: Stage, stage_dir: Path, rec: dict) -> bool:
         """Run the stage's evaluations in order; False when an itemized stage ran out of time."""
         from ..metrics import evaluate
+        from ..runs import read_run_config
 
         items = rec.setdefault("items", {}) if stage.evals else {}
         for model_ref, what in stage.evals:
@@ -176,8 +179,11 @@ class StepsMixin:
             opts = eval_options(self.preset, what, self.cfg.eval_extra)
             if self.data_root is not None:
                 opts.setdefault("data_root", str(self.data_root))
+            pin = {}
+            if reference is not None:  # every model of the stage is scored against this one reference
+                pin["reference_fingerprint"] = read_run_config(reference)["fingerprint"]
             t0 = time.monotonic()
-            result = evaluate(model_dir, what, out=out, reference=reference, device=str(self.device), **opts)
+            result = evaluate(model_dir, what, out=out, reference=reference, device=str(self.device), **pin, **opts)
             wall = round(time.monotonic() - t0, 2)
             with self.watchdog.hold():
                 items[key] = {"wall_s": wall, "estimate_s": round(est, 1), "device": self._device_name(),
