@@ -39,21 +39,26 @@ def untrained_run(preset: str, *, seed: int = 0, runs_dir: str | os.PathLike | N
 
     cfg = build_config(preset, "mae", **{**overrides, "train.seed": int(seed)})
     fp = f"{UNTRAINED}-{fingerprint(RunConfig(preset=preset, model=cfg.model, train=cfg.train))}"
-    run_dir = runs_root(runs_dir) / f"{preset}-{fp}"
+
+    def weights() -> dict:
+        torch.manual_seed(cfg.train.seed)  # as imae.train.build_model does before building the model
+        return mae_from_config(cfg.model).state_dict()
+
+    return _stored_run(runs_root(runs_dir) / f"{preset}-{fp}", cfg, fp, "untrained", weights,
+                       "none (not trained)")
+
+
+def _stored_run(run_dir: Path, cfg: RunConfig, fp: str, flag: str, weights, hardware: str) -> Path:
+    """A finished run directory for a control (created once, then reused): ``config.yaml`` and a checkpoint
+    flagged ``flag`` holding ``weights()``."""
     ckpt = run_dir / CHECKPOINT_NAME
     if ckpt.is_file() and load_checkpoint(ckpt).get("finished"):
         return run_dir
     open_run_dir(run_dir, cfg, fp, derived=derived(cfg))
-    torch.manual_seed(cfg.train.seed)  # as imae.train.build_model does before building the model
-    model = mae_from_config(cfg.model)
-    save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "fingerprint": fp, "finished": True,
-                     "untrained": True, "model": model.state_dict(), "step": 0, "epoch": 0, "batch": 0,
-                     "elapsed_s": 0.0, "hardware": "none (not trained)"}, ckpt)
+    save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "fingerprint": fp, "finished": True, flag: True,
+                     "model": weights(), "step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0,
+                     "hardware": hardware}, ckpt)
     return run_dir
-
-
-def is_untrained(ckpt: dict) -> bool:
-    return bool(ckpt.get("untrained"))
 
 
 class PixelEncoder(torch.nn.Module):
@@ -91,12 +96,4 @@ def pixel_run(preset: str, *, runs_dir: str | os.PathLike | None = None, **overr
 
     cfg = build_config(preset, "mae", **overrides)
     fp = f"pixels{PixelEncoder.POOL}-{cfg.data.dataset}-{cfg.model.img_size}"
-    run_dir = runs_root(runs_dir) / f"{preset}-{fp}"
-    ckpt = run_dir / CHECKPOINT_NAME
-    if ckpt.is_file() and load_checkpoint(ckpt).get("finished"):
-        return run_dir
-    open_run_dir(run_dir, cfg, fp, derived=derived(cfg))
-    save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "fingerprint": fp, "finished": True,
-                     "pixels": True, "model": {}, "step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0,
-                     "hardware": "none (raw pixels)"}, ckpt)
-    return run_dir
+    return _stored_run(runs_root(runs_dir) / f"{preset}-{fp}", cfg, fp, "pixels", dict, "none (raw pixels)")
