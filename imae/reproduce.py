@@ -217,6 +217,14 @@ def write_performance(book_dir: Path) -> Path:
                   f"`results/{f.name}`): total {r['total_s']:.0f} s, peak resident memory "
                   f"{r['peak_rss_mb']:,.0f} MB.", "", "| stage | seconds | peak RSS so far (MB) |",
                   "| --- | ---: | ---: |", *rows, ""]
+    for f in sorted((book_dir / "results").glob("reproduce_*.json")):
+        r = json.loads(f.read_text())
+        rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]
+        parts += [f"**`make reproduce PRESET={r['preset']}`** ({r.get('cpu', '?')}, {r.get('torch_threads', '?')} "
+                  f"torch threads; trained runs and evaluations already in the cache are reused, so a first run "
+                  f"adds the training times of the [status table](intro.md)); source `results/{f.name}`: "
+                  f"{r['total_s'] / 60:.1f} min, peak notebook-kernel memory {r.get('peak_kernel_rss_mb', 0):,} MB.",
+                  "", "| notebook | seconds |", "| --- | ---: |", *rows, ""]
     if not parts:
         parts = ["No benchmark results are stored yet; run the commands above."]
     path = book_dir / "performance_tables.md"
@@ -236,6 +244,27 @@ def build_book(root: Path, book_dir: Path | None = None, *, strict: bool = True)
         raise ImaeError(f"book build failed ({' '.join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
+def write_timings(path: Path, preset: str, timings: dict) -> Path:
+    """Record how long each notebook of a ``reproduce`` took and the peak memory of its kernels; notebooks
+    not rerun keep their earlier timing (so ``--only`` updates one row)."""
+    import platform
+    import resource
+
+    import torch
+
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    rec = {"preset": preset, "cpu": platform.processor() or platform.machine(),
+           "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+           "notebooks_s": {**old.get("notebooks_s", {}), **timings},
+           # ru_maxrss of finished children (the notebook kernels), kilobytes on Linux
+           "peak_kernel_rss_mb": max(old.get("peak_kernel_rss_mb", 0),
+                                     round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))}
+    rec["total_s"] = round(sum(rec["notebooks_s"].values()), 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+    return path
+
+
 def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dict | None = None,
               book_dir: str | os.PathLike | None = None, build: bool = True) -> Path:
     """Run the notebooks (all, or ``only``) for ``preset`` into the book, then build it; returns the book dir."""
@@ -248,9 +277,13 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
     # Relative to the repository root, where papermill runs the kernel, so no machine's path is stored.
     results_dir = _relative_to_root(str((book / "results").resolve()), root)
     params = notebook_parameters(preset, root, {"results_dir": results_dir, **(extra or {})})
+    timings = {}
     for name in NOTEBOOKS:  # dependency order, whatever order was asked
         if name in names:
+            t0 = time.perf_counter()
             run_notebook(name, params, root=root, out_dir=book)
+            timings[name] = round(time.perf_counter() - t0, 1)
+    write_timings(book / "results" / f"reproduce_{preset}.json", preset, timings)
     write_status(book)
     write_performance(book)
     if build:
