@@ -69,8 +69,10 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
         **options: evaluation options (the same for every arm, so all see the same pairs).
     """
     from .experiments import evaluate
+    from .runs import read_run_config
 
     refs = list(references if references is not None else arms["MAE"])
+    ref_fps = [read_run_config(r)["fingerprint"] for r in refs]
     out = {}
     for label, runs in arms.items():
         if label in skip:
@@ -78,8 +80,9 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
         results = []
         for k, run in enumerate(runs):
             kw = dict(options)
-            if what in ("separability", "reconstruction"):
+            if what in ("separability", "reconstruction"):  # ONE reference per seed, pinned by fingerprint
                 kw["reference"] = str(refs[k])
+                kw["reference_fingerprint"] = ref_fps[k]
             results.append(evaluate(run, what, **kw))
         out[label] = results
     return out
@@ -91,12 +94,26 @@ def flat(arms: Mapping[str, Sequence[str | os.PathLike]]) -> dict[str, str | os.
 
 
 # ------------------------------------------------------------------------------------- per-item metrics
+class StaleResult(RuntimeError):
+    """An evaluation result without per-item arrays (computed by an older version)."""
+
+
 def _items(result: dict) -> dict:
     items = result.get("items")
     if items is None:
-        raise KeyError(f"the {result.get('what')} result carries no per-item arrays (items); it was computed by an "
-                       "older version: rerun the evaluation (delete its folder under <run>/eval/)")
+        raise StaleResult(f"the {result.get('what')} result carries no per-item arrays (items); it was computed by "
+                          "an older version: rerun the evaluation (delete its folder under <run>/eval/)")
     return items
+
+
+def _same_items(results: Sequence[dict]) -> None:
+    """Refuse to pair results scored on different test items (pairs or images)."""
+    for name in ("pairs_a", "pairs_b", "test_index"):
+        arrays = [_items(r).get(name) for r in results]
+        if any(a is not None for a in arrays) and not all(
+                a is not None and np.array_equal(a, arrays[0]) for a in arrays):
+            raise ValueError(f"the results were scored on different test items ({name} differ); evaluate every "
+                             "model with the same evaluation seed, n_pairs, max_images and data")
 
 
 def ls(part: str, pool: str = "mean") -> Callable[[dict], Items]:
@@ -107,6 +124,12 @@ def ls(part: str, pool: str = "mean") -> Callable[[dict], Items]:
 def ls_const(part: str, pool: str = "mean") -> Callable[[dict], Items]:
     """The constant (fit-set mean) predictor's R² for the same targets."""
     return lambda r: Items("r2", _items(r)[f"{pool}/{part}/sse_const"], _items(r)[f"{pool}/{part}/sst"])
+
+
+def ls_ratio(part: str, pool: str = "mean") -> Callable[[dict], Items]:
+    """LS divided by the model's clean ceiling (both on the same test pairs, resampled together)."""
+    return lambda r: Items("r2_ratio", _items(r)[f"{pool}/{part}/sse"], _items(r)[f"{pool}/{part}/sst"],
+                           (_items(r)[f"{pool}/clean/sse"], _items(r)[f"{pool}/clean/sst"]))
 
 
 def ls_clean(pool: str = "mean") -> Callable[[dict], Items]:
@@ -165,9 +188,10 @@ def estimates(results: Mapping[str, Sequence[dict]], metric: Callable[[dict], It
         if label not in results:
             continue
         try:
-            out[label] = stats.estimate([metric(r) for r in results[label]], **kw)
+            per_seed = [metric(r) for r in results[label]]
         except KeyError:
-            continue  # e.g. refit-free scores of the pixel control
+            continue  # a metric this arm does not have, e.g. refit-free scores of the pixel control
+        out[label] = stats.estimate(per_seed, **kw)
     return out
 
 
@@ -177,6 +201,9 @@ def differences(results: Mapping[str, Sequence[dict]], metric: Callable[[dict], 
     out = {}
     for name, (a, b) in pairs.items():
         if a in results and b in results:
+            if len(results[a]) != len(results[b]):
+                raise ValueError(f"{name}: {len(results[a])} vs {len(results[b])} seeds; pair seeds one to one")
+            _same_items([*results[a], *results[b]])
             out[name] = stats.difference([metric(r) for r in results[a]], [metric(r) for r in results[b]], **kw)
     return out
 

@@ -86,7 +86,7 @@ def comparison_runs(preset: str, seeds=(0,), *, dataset=None, data_root=None, ma
                              imae_epochs=imae_epochs, same_prob=same_prob, overrides=ov, runs_dir=runs_dir,
                              device=device)
         if equal_compute:
-            t = RunConfig.from_dict(read_run_config(runs["imae"])["config"]).train
+            t = run_config(runs["imae"]).train
             runs["mae_continued"] = train(
                 preset, "mae", runs_dir=runs_dir,
                 **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
@@ -227,6 +227,11 @@ def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list
 def hardware(device: str | torch.device | None = None) -> str:
     """A short description of ``device`` (default: the one this process computes on)."""
     return describe_device(device)
+
+
+def run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The configuration a run directory was trained with."""
+    return RunConfig.from_dict(read_run_config(run_dir)["config"])
 
 
 def describe_run(run_dir: str | os.PathLike) -> dict:

@@ -22,7 +22,13 @@ def glue_text(name: str, value) -> None:
     """A number (or short plain string) for ``{glue:text}`name```."""
     from myst_nb import glue
 
-    glue(name, float(value) if isinstance(value, (int, float, np.floating, np.integer)) else value, display=False)
+    if isinstance(value, (bool, np.bool_)):
+        value = str(value)
+    elif isinstance(value, (int, np.integer)):
+        value = int(value)
+    elif isinstance(value, (float, np.floating)):
+        value = float(value)
+    glue(name, value, display=False)
 
 
 def glue_md(name: str, text: str) -> None:
@@ -37,6 +43,16 @@ def glue_figure(name: str, fig) -> None:
     from myst_nb import glue
 
     glue(name, fig, display=False)
+
+
+def write_record(results_dir: str | os.PathLike, name: str, record: dict) -> None:
+    """The chapter's JSON record, as ``<results>/<name>.json`` (what the book's status table reads) and as
+    ``<results>/<preset>/<name>.json``, so records of several scales coexist and the Findings page can pick
+    the largest."""
+    from .experiments import write_json
+
+    write_json(Path(results_dir) / f"{name}.json", record)
+    write_json(Path(results_dir) / str(record["preset"]) / f"{name}.json", record)
 
 
 def table(df, csv: str | os.PathLike, caption: str):

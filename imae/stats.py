@@ -28,7 +28,7 @@ import numpy as np
 LEVEL = 0.95
 N_BOOT = 1000
 
-KINDS = ("accuracy", "r2", "mean")
+KINDS = ("accuracy", "r2", "r2_ratio", "mean")
 
 
 @dataclass(frozen=True)
@@ -36,21 +36,26 @@ class Items:
     """Per-item arrays of one model and one training seed for one metric.
 
     Attributes:
-        kind: ``accuracy`` | ``r2`` | ``mean``.
+        kind: ``accuracy`` | ``r2`` | ``r2_ratio`` | ``mean``.
         values: (..., P) per-item values (0/1 for accuracy, the squared error ``sse`` for r2); leading axes
             (e.g. alphas) are kept.
-        sst: (..., P) or (P,) per-item total squares (``r2`` only).
+        sst: (..., P) or (P,) per-item total squares (``r2`` and ``r2_ratio``).
+        ceiling: (sse, sst) per item (P,) of a second R² that divides the first (``r2_ratio``: R² over the
+            model's clean ceiling, both on the same items, so their ratio is resampled together).
     """
 
     kind: str
     values: np.ndarray
     sst: np.ndarray | None = None
+    ceiling: tuple | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown metric kind {self.kind!r}; choose one of {KINDS}")
-        if self.kind == "r2" and self.sst is None:
+        if self.kind in ("r2", "r2_ratio") and self.sst is None:
             raise ValueError("an r2 metric needs per-item sst")
+        if self.kind == "r2_ratio" and self.ceiling is None:
+            raise ValueError("an r2_ratio metric needs the ceiling's per-item (sse, sst)")
 
     @property
     def n(self) -> int:
@@ -66,6 +71,9 @@ class Items:
             s = np.asarray(self.sst, dtype=np.float64)
             s = np.broadcast_to(s, v.shape).reshape(-1, v.shape[-1])
             out = 1.0 - (w @ flat.T) / (w @ s.T)
+            if self.kind == "r2_ratio":
+                c_sse, c_sst = (np.asarray(x, dtype=np.float64) for x in self.ceiling)
+                out = out / (1.0 - (w @ c_sse) / (w @ c_sst))[:, None]
         return out.reshape((w.shape[0], *v.shape[:-1]))
 
     def point(self) -> np.ndarray:

@@ -36,9 +36,30 @@ def test_paired_differences_across_arms_and_seeds_find_a_real_gain():
     del rng
 
 
-def test_a_result_without_items_names_the_fix():
-    with pytest.raises(KeyError, match="rerun the evaluation"):
+def test_a_result_without_items_names_the_fix_and_is_not_silently_dropped():
+    with pytest.raises(cmp.StaleResult, match="rerun the evaluation"):
         cmp.ls("sub")({"what": "separability"})
+    with pytest.raises(cmp.StaleResult):
+        cmp.estimates({"MAE": [{"what": "separability"}]}, cmp.ls("sub"))
+
+
+def test_results_on_different_pairs_are_not_paired():
+    rng = np.random.default_rng(0)
+    a, b = _sep_result(rng), _sep_result(rng)
+    a["items"]["pairs_a"], b["items"]["pairs_a"] = np.arange(400), np.arange(400)[::-1]
+    with pytest.raises(ValueError, match="different test items"):
+        cmp.differences({"i-MAE": [a], "MAE": [b]}, cmp.ls("sub"))
+
+
+def test_ls_over_the_ceiling_is_resampled_as_one_ratio():
+    rng = np.random.default_rng(5)
+    r = _sep_result(rng)
+    sst = r["items"]["mean/sub/sst"]
+    r["items"]["mean/clean/sse"], r["items"]["mean/clean/sst"] = 0.5 * sst, sst  # ceiling R² = 0.5
+    est = cmp.estimates({"MAE": [r]}, cmp.ls_ratio("sub"))["MAE"]
+    raw = cmp.estimates({"MAE": [r]}, cmp.ls("sub"))["MAE"]
+    assert np.allclose(est.mean, raw.mean / 0.5, rtol=1e-6)
+    assert np.all(est.lo < est.mean) and np.all(est.mean < est.hi)
 
 
 def _d(mean, lo, hi):
@@ -62,10 +83,10 @@ def _classification(signal, probe, ft_works=True):
 
 
 def _separability(diffs):
-    return {"alphas": [0.1, 0.3, 0.5], "differences": {"sub": {
-        "i-MAE − MAE": _d(*[list(x) for x in zip(*diffs)]),
-        "i-MAE − MAE continued": _d(*[list(x) for x in zip(*diffs)]),
-        "MAE − untrained": _d([0.1] * 3, [0.05] * 3, [0.15] * 3)}}}
+    sub = {"i-MAE − MAE": _d(*[list(x) for x in zip(*diffs)]),
+           "i-MAE − MAE continued": _d(*[list(x) for x in zip(*diffs)]),
+           "MAE − untrained": _d([0.1] * 3, [0.05] * 3, [0.15] * 3)}
+    return {"alphas": [0.1, 0.3, 0.5], "differences": {"sub": sub}, "ratio_differences": {"sub": sub}}
 
 
 def test_findings_verdicts_follow_the_intervals_and_the_training_signal(tmp_path):
