@@ -153,6 +153,14 @@ def difference(a: Sequence[Items], b: Sequence[Items], *, level: float = LEVEL, 
     return _interval(np.stack([x.point() - y.point() for x, y in zip(a, b)]), reps, level, a[0].n)
 
 
+def over_seeds(points: np.ndarray, *, level: float = LEVEL) -> Estimate:
+    """Mean over training seeds (axis 0 of ``points``) with a Student-t interval of the seeds' spread only,
+    for quantities without per-item arrays (e.g. accuracy after every fine-tuning epoch)."""
+    pts = np.asarray(points, dtype=np.float64)
+    zero = np.zeros((2, *pts.shape[1:]))
+    return _interval(pts, zero, level, 0) if pts.shape[0] > 1 else Estimate(pts[0], pts[0], pts[0], 1, 0)
+
+
 # ------------------------------------------------------------------------------------------ sentences
 def direction(lo: float, hi: float) -> str:
     """``higher`` when the interval of a difference lies above 0, ``lower`` below, else ``within noise``."""

@@ -104,3 +104,13 @@ def test_verdicts():
 def test_mismatched_items_are_refused():
     with pytest.raises(ValueError, match="same pairs"):
         stats.estimate([Items("accuracy", np.ones(10)), Items("accuracy", np.ones(11))])
+
+
+def test_seed_only_interval_for_curves():
+    pts = np.array([[0.40, 0.50], [0.42, 0.52], [0.44, 0.54]])
+    est = stats.over_seeds(pts)
+    assert np.allclose(est.mean, [0.42, 0.52])
+    half = 4.302652729911275 * 0.02 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(3)
+    assert np.allclose(est.hi - est.mean, half) and np.allclose(est.mean - est.lo, half)
+    single = stats.over_seeds(pts[:1])
+    assert np.allclose(single.lo, single.hi)
