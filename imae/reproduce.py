@@ -98,6 +98,9 @@ def scrub_notebook(path: str | os.PathLike, *, root: str | os.PathLike | None = 
     prefix = str(root.resolve()) + os.sep
     for i, cell in enumerate(nb.cells):
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            if "hide-input" not in cell.metadata["tags"]:  # like the parameters cell: one click away
+                cell.metadata["tags"].append("hide-input")
+                changed.append(f"cells[{i}] hidden")
             source = cell.source
             for old, new in renamed.items():  # papermill writes strings as "..." with inner quotes escaped
                 quoted = ['"{}"'.format(v.replace('"', r'\"')) for v in (old, new)]
