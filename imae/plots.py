@@ -94,8 +94,10 @@ def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float 
     return _done(fig)
 
 
-def ablation_panels(table: pd.DataFrame, *, index: str):
-    """One horizontal-bar panel per measurement column; the first row (the reference run) is highlighted."""
+def ablation_panels(table: pd.DataFrame, *, index: str, lo: pd.DataFrame | None = None,
+                    hi: pd.DataFrame | None = None):
+    """One horizontal-bar panel per measurement column; the first row (the reference run) is highlighted.
+    ``lo``/``hi`` (same layout as ``table``) draw each value's 95 % interval as an error bar."""
     plt = _plt()
     cols = [c for c in table.columns if c != index]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 0.45 * len(table) + 1.2), sharey=True,
@@ -103,7 +105,10 @@ def ablation_panels(table: pd.DataFrame, *, index: str):
     names = list(table[index])
     colors = [PALETTE["imae"] if i == 0 else "#8c8c8c" for i in range(len(names))]
     for ax, col in zip(axes[0], cols):
-        ax.barh(range(len(names)), table[col], color=colors)
+        err = None
+        if lo is not None and hi is not None:
+            err = np.vstack([table[col] - lo[col], hi[col] - table[col]])
+        ax.barh(range(len(names)), table[col], color=colors, xerr=err, ecolor="black", capsize=2)
         ax.axvline(table[col].iloc[0], color=PALETTE["imae"], lw=1, ls=":")
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
