@@ -87,7 +87,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
 
 
 TRAVEL_LIMIT = 64 * 2**20  # what one GPU call may carry: the checkout's files + the carried paths
-DATA_PACK_BYTES = 33_496_936  # /work/shared/data/cifar-10-packed/* + tools/cifar_unpack.py
+DATA_PACK_BYTES = 33_496_936  # ../shared/data/cifar-10-packed/* + tools/cifar_unpack.py
 
 
 def checkout_bytes(repo: str | os.PathLike) -> int | None:

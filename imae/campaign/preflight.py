@@ -1,7 +1,7 @@
 """Preflight of a window: versions, imports and data, before any device time goes into training.
 
-The carried CIFAR-10 packs (``--data-pack``: a folder with ``/work/shared/data/cifar-10-packed``'s files and a
-copy of ``/work/shared/tools/cifar_unpack.py``) are unpacked with that script, run by the same interpreter,
+The carried CIFAR-10 packs (``--data-pack``: a folder with ``../shared/data/cifar-10-packed``'s files and a
+copy of ``../shared/tools/cifar_unpack.py``) are unpacked with that script, run by the same interpreter,
 into the data root, with ``--check`` (sha256 of the decoded arrays). Nothing is ever downloaded: every config
 of the campaign has ``data.download=False``.
 """
@@ -63,7 +63,7 @@ class PreflightMixin:
         if missing:
             raise CampaignError(
                 f"the data pack {pack} lacks {missing}. Fix (here, before the GPU call): mkdir -p {pack} && cp "
-                f"/work/shared/data/cifar-10-packed/* /work/shared/tools/cifar_unpack.py {pack}/ and carry it")
+                f"../shared/data/cifar-10-packed/* ../shared/tools/cifar_unpack.py {pack}/ and carry it")
         folder = root / "cifar-10-batches-py"
         wanted = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
         if all((folder / f).is_file() for f in wanted):
@@ -124,5 +124,5 @@ def check_imports(*, need_benchmarks: bool) -> None:
     if missing:
         raise CampaignError(f"cannot import {missing}. Fix: run from the repository root with the python that has "
                             "torch/timm/safetensors; a missing package can be carried as a wheel "
-                            "(see /work/.library/device/README.md)")
+                            "(see ../.library/device/README.md)")
 
