@@ -21,7 +21,7 @@ the interval is the items' (pair-resampling) interval alone, and tables say "sin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def _item_weights(n_items: int, n_boot: int, rng: np.random.Generator) -> np.nda
     return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_boot).astype(np.float64)
 
 
-def _t975(df: int, level: float) -> float:
+def _t_quantile(df: int, level: float) -> float:
     from scipy.stats import t
 
     return float(t.ppf(0.5 + level / 2, df))
@@ -125,7 +125,7 @@ def _interval(points: np.ndarray, reps: np.ndarray, level: float, n_items: int) 
     half2 = float(norm.ppf(0.5 + level / 2)) ** 2 * var_items
     s = points.shape[0]
     if s > 1:
-        half2 = half2 + _t975(s - 1, level) ** 2 * points.var(axis=0, ddof=1) / s
+        half2 = half2 + _t_quantile(s - 1, level) ** 2 * points.var(axis=0, ddof=1) / s
     half = np.sqrt(half2)
     return Estimate(mean, mean - half, mean + half, s, n_items)
 
@@ -219,5 +219,3 @@ def fmt_ci(mean: float, lo: float, hi: float, fmt: str = ".3f") -> str:
     """``0.123 [0.100, 0.140]``."""
     return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
-
-Metric = Callable[..., Items]

@@ -138,8 +138,9 @@ class Trainer:
         self.cfg, self.run_dir, self.fp, self.device, self.info = cfg, Path(run_dir), fp, device, info
         self.teacher_fp = teacher_fp  # recorded in the checkpoint; evaluation verifies the teacher against it
         t = cfg.train
-        self.teacher = teacher
         self.model = build_model(cfg, teacher).to(device)
+        # an MAE's init_from start point is only needed to build the model: do not hold it during training
+        self.teacher = teacher if cfg.method == "imae" else None
         self.source = build_source(cfg, device=device, pairs=cfg.method == "imae", rank=info.rank,
                                    world=info.world)
         self.local = slice(info.rank * t.batch_size // info.world, (info.rank + 1) * t.batch_size // info.world)
