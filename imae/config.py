@@ -167,6 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         model_mae=dict(norm_pix_loss=True),
         data=dict(dataset="cifar10"),
         train=dict(epochs=10, batch_size=128, blr=1.5e-3, warmup_epochs=1),
+        # Eager: on 2 CPU cores torch.compile's gain was within the run-to-run noise (benchmarks/cpu_edition.py).
         train_imae=dict(epochs=4, warmup_epochs=0.5),
     ),
     # CIFAR (not given by the paper's code; our decision): ViT-Tiny, patch 2, decoder 128-d x 4.

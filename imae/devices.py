@@ -32,3 +32,33 @@ def describe_device(device: str | torch.device | None = None) -> str:
         return f"1x {torch.cuda.get_device_name(device)}"
     cpu = platform.processor() or platform.machine()
     return f"CPU ({os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} threads)"
+
+
+class CompiledOrEager:
+    """``torch.compile(fn)``, or ``fn`` itself when compiling fails on the first call.
+
+    Inductor needs a working C++ compiler on the CPU (and Triton on a GPU); a machine without one should
+    train, slower, rather than stop. Only the FIRST call may fall back (a warning names the cause): an error
+    after a compiled call succeeded is the model's own and is raised.
+    """
+
+    def __init__(self, fn, **compile_kwargs):
+        self.eager = fn
+        self.compiled = torch.compile(fn, **compile_kwargs)
+        self.fallback_reason: str | None = None
+        self._first = True
+
+    def __call__(self, *args, **kwargs):
+        if not self._first:
+            return (self.eager if self.fallback_reason else self.compiled)(*args, **kwargs)
+        self._first = False
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager call below re-raises real errors
+            import warnings
+
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:2]
+            self.fallback_reason = f"{type(e).__name__}: {' '.join(lines)}"[:300]
+            warnings.warn(f"torch.compile failed on the first step ({self.fallback_reason}); training continues "
+                          f"without it (train.compile=false avoids the attempt)", RuntimeWarning, stacklevel=2)
+            return self.eager(*args, **kwargs)

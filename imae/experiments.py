@@ -20,6 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import RunConfig, _coerce, build_config, fingerprint
 from .devices import describe_device
 from .errors import ConfigError, ImaeError
+from .metrics.features import use_feature_cache
 from .runs import atomic_write_text, read_run_config
 
 if TYPE_CHECKING:
@@ -149,7 +150,9 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
     The result folder is ``<run>/eval/<what>-<options hash>/`` (``<what>.json``, ``config.yaml`` and, for
     reconstructions, the example images, returned under ``examples`` as {alpha: {name: array}}; the per-item
     arrays, returned under ``items`` as {name: array}). The key includes :func:`imae.metrics.code_version`,
-    so a change to the metric, data or model code re-runs the evaluation.
+    so a change to the metric, data or model code re-runs the evaluation. Pooled features are kept in
+    ``<runs>/.features`` (keyed by the weights' and images' content, see
+    :class:`imae.metrics.features.FeatureCache`), so the metrics of one model encode its images once.
     """
     from . import metrics
 
@@ -164,7 +167,9 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
     folder = run_dir / "eval" / f"{what}-{_options_key(key)}"
     result_file = folder / f"{what}.json"
     if not result_file.is_file():
-        metrics.evaluate(run_dir, what, out=folder, **options)
+        # Features extracted for one metric serve the others, across notebooks too: <runs>/.features.
+        with use_feature_cache(run_dir.resolve().parent / ".features"):
+            metrics.evaluate(run_dir, what, out=folder, **options)
     result = json.loads(result_file.read_text())
     if result.get("examples_file"):
         import numpy as np

@@ -30,7 +30,7 @@ from .checkpoint import FORMAT, checkpoint_path, is_imae_checkpoint, load_checkp
 from .config import RunConfig, derived, fingerprint, validate
 from .data.pairs import mix_seed, sample_lambda
 from .data.sources import build_source
-from .devices import describe_device, resolve_device
+from .devices import CompiledOrEager, describe_device, resolve_device
 from .distributed import DistInfo, all_reduce_max, barrier, init_distributed
 from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from .models import IMAE, MaskedAutoencoderViT, freeze_teacher, mae_from_config
@@ -165,7 +165,7 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         fwd = self.ddp or self.model
-        self.forward = torch.compile(fwd) if t.compile else fwd
+        self.forward = CompiledOrEager(fwd) if t.compile else fwd
         self._reset_window()
 
     # ------------------------------------------------------------------------------------ state

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import cpu_pipeline, throughput
+import pytest
+
+from benchmarks import cpu_edition, cpu_pipeline, throughput
 
 
 def test_throughput_smoke_writes_json(tmp_path):
@@ -66,3 +68,21 @@ def test_cpu_pipeline_times_every_evaluation_of_a_metrics_module(tmp_path):
                                                    "cifar10-mini")] * 2  # finetune is left out by default
     assert [e.get("error", "")[:12] for e in res["evaluations"]] == ["", "RuntimeError"] * 2
     assert cpu_pipeline.find_metrics()[0] is None or hasattr(cpu_pipeline.find_metrics()[0], "evaluate")
+
+
+def test_cpu_edition_times_evaluation_before_and_after_with_identical_results(toy_root, tmp_path):
+    out = tmp_path / "edition.json"
+    res = cpu_edition.main(["--preset", "tiny", "--data-root", str(toy_root), "--skip-train", "--json", str(out)])
+    ev = json.loads(out.read_text())["evaluation"]
+    assert ev["identical_results"] is True and ev == json.loads(json.dumps(res["evaluation"]))
+    assert set(ev["passes"]["before"]["seconds"]) == set(cpu_edition.EVALS)
+    # the cache was off before (no hits) and on after: later metrics reuse the clean and mixture features
+    assert ev["passes"]["before"]["hits"] == 0 and ev["passes"]["after"]["hits"] >= 4
+
+
+def test_cpu_edition_projection_counts_every_training_run_of_the_notebooks():
+    params = {"seeds": [0, 1, 2], "same_probs": [0.0, 1.0], "ablation_epochs": 1}
+    p = cpu_edition.projection(params, {"mae": 1000.0, "imae": 500.0}, "small")
+    # MAE: 3 teachers x 10 epochs + 3 continued x 4; i-MAE: (3 seeds + same_prob 0) x 4 + 7 variants x 1
+    assert p["epochs"] == {"mae": 42, "imae": 23} and p["images_per_epoch"] == 50_000
+    assert p["total_min"] == pytest.approx((42 * 50_000 / 1000 + 23 * 50_000 / 500) / 60)
