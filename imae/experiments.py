@@ -229,6 +229,23 @@ def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list
     return rows, [t for _, t in cols]
 
 
+def reconstruction_sweep(run_dir: str | os.PathLike, *, alphas=None, n_examples: int = 2, dataset=None,
+                         data_root=None, max_images=None, seed: int = 0, device="auto") -> dict:
+    """Example images across the alpha sweep (default 0, 0.05, ..., 0.5) for the model of ``run_dir`` (an
+    i-MAE with its teacher's single reconstruction beside it): {alpha: examples}, for
+    :func:`reconstruction_rows` (as ``{"examples": {alpha: examples}}``). Seconds on a CPU; not cached."""
+    from .metrics.features import load_eval_data
+    from .metrics.loading import load_model, load_reference, resolve_device
+    from .metrics.reconstruction import SWEEP_ALPHAS, alpha_sweep
+
+    dev = resolve_device(device)
+    model = load_model(run_dir, device=dev)
+    ref = load_reference(model, None, device=dev) if model.kind == "imae" else None
+    data = load_eval_data(model.config, dataset=dataset, data_root=data_root, max_images=max_images)
+    return alpha_sweep(model, ref, data, alphas=SWEEP_ALPHAS if alphas is None else alphas, n_examples=n_examples,
+                       seed=seed, device=dev)
+
+
 def hardware(device: str | torch.device | None = None) -> str:
     """A short description of ``device`` (default: the one this process computes on)."""
     return describe_device(device)

@@ -45,6 +45,14 @@ def glue_figure(name: str, fig) -> None:
     glue(name, fig, display=False)
 
 
+def glue_html(name: str, html: str) -> None:
+    """Raw HTML (e.g. :func:`imae.plots.frame_slider`) for ``{glue:figure}`name```."""
+    from IPython.display import HTML
+    from myst_nb import glue
+
+    glue(name, HTML(html), display=False)
+
+
 def write_record(results_dir: str | os.PathLike, name: str, record: dict) -> None:
     """The chapter's JSON record, as ``<results>/<name>.json`` (what the book's status table reads) and as
     ``<results>/<preset>/<name>.json``, so records of several scales coexist and the Findings page can pick
@@ -55,12 +63,43 @@ def write_record(results_dir: str | os.PathLike, name: str, record: dict) -> Non
     write_json(Path(results_dir) / str(record["preset"]) / f"{name}.json", record)
 
 
-def table(df, csv: str | os.PathLike, caption: str):
-    """Write ``df`` to ``csv`` (the page links it for download) and return it captioned for display."""
+def markdown_table(df) -> str:
+    """``df`` as a Markdown (pipe) table: the index becomes the first column(s), floats get 4 significant
+    digits, ``|`` is escaped."""
+    import pandas as pd
+
+    flat = df if isinstance(df.index, pd.RangeIndex) and df.index.name is None else df.reset_index()
+    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in flat.columns]
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            text = "" if not np.isfinite(v) else (f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}")
+        else:
+            text = "" if v is None else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def table(df, csv: str | os.PathLike, name: str) -> None:
+    """Write ``df`` to ``csv`` and glue it as Markdown under ``name``; the page shows it, numbered and
+    captioned, where a Markdown cell holds :func:`table_directive` (so the text can ``{numref}`` it)."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
     path = Path(csv)
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path)
-    return df.style.set_caption(caption)
+    glue(name, Markdown(markdown_table(df)), display=False)
+
+
+def table_directive(name: str, caption: str, csv: str) -> str:
+    """The Markdown cell that shows glued table ``name`` as a numbered table labelled ``name`` with dashes
+    (``tbl_ls`` -> ``tbl-ls``), its caption and a CSV download link (``csv`` relative to the page)."""
+    return (f":::{{table}} {caption} ({{download}}`CSV <{csv}>`)\n:name: {name.replace('_', '-')}\n\n"
+            f"```{{glue:md}} {name}\n:format: myst\n```\n:::\n")
 
 
 def answer(main: stats.Estimate, signal: stats.Estimate, k: int | None, *, what: str,
@@ -75,3 +114,20 @@ def answer(main: stats.Estimate, signal: stats.Estimate, k: int | None, *, what:
                 f"beyond the noise ({stats.compare_text('the MAE', 'the untrained encoder', signal, index=idx, **fmt)}), "
                 f"so no difference between trained models is reported as a finding.")
     return f"On {what}, {stats.compare_text(a, b, main, index=idx, **fmt)}."
+
+
+def training_answer(summaries: dict) -> str:
+    """The pretraining chapter's answer from :func:`imae.experiments.loss_summary` tables:
+    {model: [one table per training seed]}. Says whether every loss term of every run fell from the first to
+    the last epoch, and names the ones that did not."""
+    rose = [f"{model} seed {i} ({term})" for model, tables in summaries.items() for i, df in enumerate(tables)
+            for term, row in df.iterrows() if not row["last epoch"] < row["first epoch"]]
+    k = max(len(t) for t in summaries.values())
+    seeds = f"{k} training seed{'s' if k > 1 else ''}"
+    models = ", ".join(summaries)
+    if not rose:
+        return (f"Yes: every loss term of every run ({models}; {seeds}) fell from the first epoch to the last. "
+                f"Falling losses show that the optimisation works, not that the representations are useful: "
+                f"that is measured against the untrained encoder in the next chapters")
+    return (f"Not everywhere: these loss terms did not fall from the first epoch to the last: {', '.join(rose)}; "
+            f"read their curves below before trusting the chapters built on these runs")

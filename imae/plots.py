@@ -1,4 +1,5 @@
-"""Figures used by the notebooks. Every function returns a matplotlib Figure and never calls ``show``."""
+"""Figures used by the notebooks. Every function returns a matplotlib Figure and never calls ``show``
+(except :func:`frame_slider`, which returns a self-contained HTML slider over pre-rendered figures)."""
 
 from __future__ import annotations
 
@@ -192,3 +193,43 @@ def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _done(fig)
+
+
+def frame_slider(frames: dict, *, dpi: int = 80, interval_ms: int = 400, uid: str = "sweep") -> str:
+    """A self-contained HTML slider (with a play button) over pre-rendered figures: {label: Figure}.
+
+    Every frame is an inline PNG (base64) and the controls are a few lines of inline JavaScript: nothing is
+    fetched from the network when the book is built or viewed. Without JavaScript the first frame shows.
+    """
+    import base64
+    import html
+    import io
+    import json
+
+    if not frames:
+        raise ValueError("frame_slider needs at least one frame")
+    labels, images = [], []
+    for label, fig in frames.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        _plt().close(fig)
+        labels.append(str(label))
+        images.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    root = f"imae-slider-{uid}"
+    imgs = "".join(f'<img src="data:image/png;base64,{b}" alt="{html.escape(lab)}" style="max-width:100%;'
+                   f'display:{"block" if i == 0 else "none"}">' for i, (lab, b) in enumerate(zip(labels, images)))
+    return (f'<div id="{root}" class="imae-slider">{imgs}'
+            f'<div style="display:flex;gap:0.6em;align-items:center;margin-top:0.3em">'
+            f'<button type="button" aria-label="play">&#9654;</button>'
+            f'<input type="range" min="0" max="{len(images) - 1}" value="0" step="1" style="flex:1" '
+            f'aria-label="frame">'
+            f'<span style="min-width:7em;font-family:monospace">{html.escape(labels[0])}</span></div></div>'
+            f'<script>(function(){{var r=document.getElementById("{root}");if(!r)return;'
+            f'var im=r.querySelectorAll("img"),s=r.querySelector("input"),t=r.querySelector("span"),'
+            f'b=r.querySelector("button"),L={json.dumps(labels)},timer=null;'
+            f'function show(i){{for(var k=0;k<im.length;k++)im[k].style.display=k==i?"block":"none";'
+            f's.value=i;t.textContent=L[i];}}'
+            f's.addEventListener("input",function(){{show(+s.value);}});'
+            f'b.addEventListener("click",function(){{if(timer){{clearInterval(timer);timer=null;b.innerHTML="&#9654;";'
+            f'return;}}b.innerHTML="&#10074;&#10074;";timer=setInterval(function(){{show((+s.value+1)%im.length);}},'
+            f'{int(interval_ms)});}});}})();</script>')

@@ -44,12 +44,33 @@ def executed_book(toy_root, tmp_path_factory):
     return root
 
 
+def _labels(nb_path: Path, kind: str) -> list[str]:
+    """The ``:name:`` labels of a notebook's glued figures (kind ``fig``) or numbered tables (``tbl``)."""
+    nb = nbformat.read(nb_path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    opener = r"```\{glue:figure\} \S+" if kind == "fig" else r":::\{table\}[^\n]*"
+    return re.findall(opener + r"\n:name: (\S+)", text)
+
+
+def _without_sliders(html: str) -> tuple[str, list[int]]:
+    """The page without its frame sliders' images, and the number of frames of each slider."""
+    frames = []
+
+    def cut(m):
+        frames.append(m.group(0).count("<img"))
+        return "<img>"  # a slider is one figure
+
+    return re.sub(r'<div id="imae-slider-.*?</script>', cut, html, flags=re.S), frames
+
+
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
     html = (executed_book / "_build" / "html" / f"{name}.html").read_text()
     expected = _figures(REPO / "experiments" / f"{name}.ipynb")
     assert expected >= 1
-    assert html.count("<img") == expected, f"{name}: {html.count('<img')} images for {expected} figures (each once)"
+    plain, sliders = _without_sliders(html)
+    assert plain.count("<img") == expected, f"{name}: {plain.count('<img')} images for {expected} figures (each once)"
+    assert all(n >= 2 for n in sliders)
     assert "{glue" not in html and "glue:text" not in html
     assert "Rerun this chapter" in html and f"make figure NB={name}" in html
     record = json.loads((executed_book / "book" / "results" / f"{name}.json").read_text())
@@ -57,6 +78,27 @@ def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
     if name != "pretrain":  # every chapter that compares models shows intervals
         assert "95 % CI" in html or "95 % interval" in html
     assert "untrained" in html  # ... and its controls
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_figure_and_table_is_numbered_and_referenced_from_the_text(name, executed_book):
+    html = (executed_book / "_build" / "html" / f"{name}.html").read_text()
+    src = REPO / "experiments" / f"{name}.ipynb"
+    figures, tables = _labels(src, "fig"), _labels(src, "tbl")
+    assert html.count('<span class="caption-number">Table ') == len(tables)
+    assert html.count('<span class="caption-number">Fig. ') == len(figures)
+    for label in figures + tables:
+        assert f'href="#{label}"' in html, f"{name}: {label} is never referenced from the text"
+    for label in tables:  # every table can be downloaded from its page, as CSV
+        csv = label[len("tbl-"):].replace("-", "_") + ".csv"
+        assert re.search(rf'href="[^"]*{csv}"', html) and (executed_book / "book" / "results" / csv).is_file()
+
+
+def test_the_alpha_sweep_is_an_offline_slider(executed_book):
+    html = (executed_book / "_build" / "html" / "reconstruction.html").read_text()
+    _, sliders = _without_sliders(html)
+    assert sliders == [11]  # alpha = 0, 0.05, ..., 0.5
+    assert 'id="imae-slider-alpha-sweep"' in html and 'type="range"' in html
 
 
 def test_findings_page_has_a_verdict_for_every_claim(executed_book):

@@ -260,3 +260,34 @@ def _example(mae_model, imae, x_sub, x_dom, alpha, mask_ratio, noise, split) -> 
     if "imae" in images:
         ex["imae_sub"], ex["imae_dom"] = hwc(images["imae"]["sub"]), hwc(images["imae"]["dom"])
     return ex
+
+
+SWEEP_ALPHAS = tuple(round(0.05 * k, 2) for k in range(11))  # 0.00, 0.05, ..., 0.50
+
+
+@torch.no_grad()
+def alpha_sweep(model: LoadedModel, baseline: LoadedModel | None, data: EvalData, *,
+                alphas: Sequence[float] = SWEEP_ALPHAS, n_examples: int = 2, pairing: str = "different",
+                mask_ratio: float | None = None, seed: int = 0, device="cpu") -> dict:
+    """The example images of :func:`reconstruction_quality` for a few test pairs across ``alphas``.
+
+    Unlike the metric, ``alpha = 0`` is allowed (the mixture IS the dominant image): the sweep shows what the
+    models return as the subordinate fades in. The mask noise is the same at every alpha, so frames differ
+    only by the mixing weight.
+
+    Returns:
+        {alpha: {x_sub, x_dom, x_mix, mask, mae, imae_sub, imae_dom}} as the metric's ``examples``.
+    """
+    values = [float(a) for a in alphas]
+    bad = [a for a in values if not 0.0 <= a <= 0.5]
+    if bad or not values:
+        raise ConfigError(f"alpha sweep: alphas={values} must be numbers in [0, 0.5] (the subordinate's weight)")
+    if n_examples < 1:
+        raise ConfigError(f"n_examples={n_examples} must be >= 1")
+    mask_ratio = model.config.train.mask_ratio if mask_ratio is None else float(mask_ratio)
+    mae_model = model if model.kind == "mae" else baseline
+    split = data.test
+    pairs = make_pairs(split.labels, n_examples, pairing=pairing, seed=seed)
+    noise = torch.rand(len(pairs), model.mae.num_patches, generator=torch.Generator().manual_seed(seed + 7))
+    x_sub, x_dom = split.normalized(pairs.a, device), split.normalized(pairs.b, device)
+    return {a: _example(mae_model, model.imae, x_sub, x_dom, a, mask_ratio, noise.to(device), split) for a in values}
