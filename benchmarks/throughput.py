@@ -11,7 +11,7 @@ A step is everything the engine does per batch: draw anchors (and partners), aug
 * ``fast+compile`` (``--compile``): ``fast`` with the model under ``torch.compile``; the first (compiling)
                 step is timed separately as ``compile_s``.
 
-Both paths compute the same function (tests/test_speed.py) and the same FLOPs: the teacher sees the clean
+Both paths compute the same function (tests/test_fast_path_equivalence.py) and the same FLOPs: the teacher sees the clean
 images (two teacher encoder passes per step, as the released code's two passes over the mixture). FLOPs per
 step are counted once per method with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
 attention; explicit attention so CPU SDPA is counted too) and MFU = FLOPs x steps/s / ``--peak-tflops``.

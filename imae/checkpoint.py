@@ -6,6 +6,9 @@
   ``argparse.Namespace`` that official MAE checkpoints pickle as ``args``.
 * :func:`load_mae_weights` loads our MAE/i-MAE checkpoints or an official facebookresearch/mae one into an
   MAE strictly, with errors naming the missing, unexpected or mis-shaped keys.
+* :func:`load_teacher` / :func:`teacher_fingerprint`: the frozen MAE a run starts from or distils from, and
+  what identifies it in the run's fingerprint; :func:`rng_state` / :func:`restore_rng`: the generators a
+  checkpoint carries so that a resumed run continues as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import random
+import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .config import ARCH_FIELDS, RunConfig
 from .errors import CheckpointError
+from .models import MaskedAutoencoderViT, freeze_teacher, mae_from_config
 
 FORMAT = "imae-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -137,3 +145,57 @@ def load_mae_weights(model: torch.nn.Module, state: dict, *, source: str = "chec
 
 def _short(items: list[str], n: int = 6) -> str:
     return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# ------------------------------------------------------------------------------------- teacher
+def load_teacher(cfg: RunConfig, device, source: str | None = None) -> tuple[MaskedAutoencoderViT, str]:
+    """The frozen MAE teacher named by ``cfg.imae.teacher`` (or ``source``: an MAE's ``train.init_from``) and
+    its fingerprint; checks the architecture."""
+    path = checkpoint_path(source or cfg.imae.teacher)
+    ckpt = load_checkpoint(path)
+    if is_imae_checkpoint(ckpt):
+        tcfg = ckpt["config"]
+        if tcfg["train"]["method"] != "mae":
+            raise CheckpointError(f"the teacher {path} is an i-MAE checkpoint; the teacher must be a vanilla MAE")
+        diff = [f"{k}={tcfg['model'][k]} (teacher) vs {getattr(cfg.model, k)} (student)" for k in ARCH_FIELDS
+                if tcfg["model"][k] != getattr(cfg.model, k)]
+        if diff:
+            raise CheckpointError(
+                f"the teacher {path} does not match the student's architecture: {'; '.join(diff)}. Fix: train "
+                f"the teacher with the same preset (teacher preset: {tcfg.get('preset')}, student: {cfg.preset})")
+        if not ckpt.get("finished"):
+            print(f"warning: teacher {path} is an unfinished run (step {ckpt.get('step')})", file=sys.stderr)
+    teacher = mae_from_config(cfg.model)
+    load_mae_weights(teacher, mae_state_dict(ckpt), source=str(path))
+    teacher.checkpoint_step = ckpt.get("step")  # recorded with the fingerprint in the student's checkpoint
+    return freeze_teacher(teacher).to(device), teacher_fingerprint(ckpt, path)
+
+
+def teacher_fingerprint(ckpt: dict, path: Path) -> str:
+    """What identifies a teacher in its student's fingerprint: its run's fingerprint (and step while
+    unfinished: the finished teacher is another teacher), or the name and size of an external file."""
+    if is_imae_checkpoint(ckpt):
+        return ckpt["fingerprint"] if ckpt.get("finished") else f"{ckpt['fingerprint']}@step{ckpt.get('step')}"
+    return f"external:{path.name}:{path.stat().st_size}"
+
+
+# ------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Every generator a run draws from (torch, Python, NumPy, CUDA), in a form ``weights_only`` loads."""
+    kind, keys, *rest = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": [kind, keys.tolist(), *rest],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(rng: dict | None) -> None:
+    """Set the generators from :func:`rng_state` (what is missing, or CUDA on another device count, is left)."""
+    rng = rng or {}
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if rng.get("python"):
+        random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
+    if rng.get("numpy"):
+        kind, keys, *rest = rng["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -58,7 +58,8 @@ def main_arms(preset: str, seeds: Sequence[int] = (0,), *, dataset=None, data_ro
 def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
                   references: Sequence[str | os.PathLike] | None = None, skip: Sequence[str] = (),
                   **options) -> dict[str, list[dict]]:
-    """``what`` for every arm and seed (cached, :func:`imae.experiments.evaluate`): {label: [result per seed]}.
+    """``what`` for every arm and seed, cached (:func:`imae.experiments.cached_evaluation`):
+    {label: [result per seed]}.
 
     Args:
         arms: {label: [run dir per seed]}.
@@ -68,7 +69,7 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
         skip: labels not to evaluate (e.g. ``pixels`` for reconstruction).
         **options: evaluation options (the same for every arm, so all see the same pairs).
     """
-    from .experiments import evaluate
+    from .experiments import cached_evaluation
     from .runs import read_run_config
 
     refs = list(references if references is not None else arms["MAE"])
@@ -83,7 +84,7 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
             if what in ("separability", "reconstruction"):  # ONE reference per seed, pinned by fingerprint
                 kw["reference"] = str(refs[k])
                 kw["reference_fingerprint"] = ref_fps[k]
-            results.append(evaluate(run, what, **kw))
+            results.append(cached_evaluation(run, what, **kw))
         out[label] = results
     return out
 

@@ -42,6 +42,10 @@ class ModelConfig:
     norm_pix_loss: bool = False  # the released i-MAE code has it off (the flag sits in a docstring)
 
 
+# The architecture: every ModelConfig field but the loss target (a teacher and its student must agree on these).
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "norm_pix_loss")
+
+
 @dataclass
 class DataConfig:
     """Which images, how they are paired and augmented."""
@@ -126,7 +130,7 @@ class RunConfig:
             bad = set(sec) - {f.name for f in dataclasses.fields(sec_cls)}
             if bad:
                 raise ConfigError(f"unknown field(s) {sorted(bad)} in config section '{name}'")
-            kw[name] = sec_cls(**{k: _coerce(f"{name}.{k}", v, _hints(sec_cls)[k]) for k, v in sec.items()})
+            kw[name] = sec_cls(**{k: coerce(f"{name}.{k}", v, _hints(sec_cls)[k]) for k, v in sec.items()})
         cfg = cls(**kw)
         if cfg.data.subset_per_class == 0:  # "every image", spelled so that it survives build_config's None-skip
             cfg.data.subset_per_class = None
@@ -258,14 +262,17 @@ def _type_name(hint) -> str:
     return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
-def _coerce(name: str, value: Any, hint) -> Any:
-    """Check ``value`` against ``hint``; return it in canonical form or raise a ConfigError with the fix."""
+def coerce(name: str, value: Any, hint) -> Any:
+    """Check ``value`` against the type ``hint`` (``int``, ``float``, ``bool``, ``str``, a pair of numbers, or
+    ``Optional`` of one); return it in canonical form (an int for a float becomes a float) or raise a
+    ConfigError that names ``name``, what it must be and the fix. Config fields and notebook parameters
+    (:mod:`imae.parameters`) are checked by this one function, so their messages read alike."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
-        return _coerce(name, value, inner)
+        return coerce(name, value, inner)
     ok = False
     if hint is bool:
         ok = isinstance(value, bool)

@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_checkpoint
 from .config import RunConfig, build_config, derived, fingerprint
-from .runs import open_run_dir
+from .runs import open_run_dir, runs_root
 
 UNTRAINED = "untrained"
 
@@ -34,7 +34,6 @@ def untrained_run(preset: str, *, seed: int = 0, runs_dir: str | os.PathLike | N
     Returns:
         ``<runs>/<preset>-untrained-<fingerprint>``, created once and reused.
     """
-    from .experiments import runs_root
     from .models import mae_from_config
 
     cfg = build_config(preset, "mae", **{**overrides, "train.seed": int(seed)})
@@ -92,8 +91,6 @@ class PixelEncoder(torch.nn.Module):
 def pixel_run(preset: str, *, runs_dir: str | os.PathLike | None = None, **overrides) -> Path:
     """A finished pseudo-run whose "encoder" is :class:`PixelEncoder` (ridge / probe on raw pixels), so the
     pixel control goes through the same cached evaluations as every model."""
-    from .experiments import runs_root
-
     cfg = build_config(preset, "mae", **overrides)
     fp = f"pixels{PixelEncoder.POOL}-{cfg.data.dataset}-{cfg.model.img_size}"
     return _stored_run(runs_root(runs_dir) / f"{preset}-{fp}", cfg, fp, "pixels", dict, "none (raw pixels)")

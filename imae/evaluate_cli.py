@@ -1,13 +1,13 @@
 """``python -m imae evaluate``: run evaluations of a trained model and write ``DIR/<what>.json``.
 
-Kept apart from :mod:`imae.cli` so the evaluation's options live next to nothing else; ``cli.py`` only calls
-:func:`add_evaluate_parser`.
+Kept apart from :mod:`imae.cli` so the evaluation's options live next to nothing else. The dependency goes
+one way: ``cli.py`` (the parent, which owns ``main`` and its exit codes) calls :func:`add_evaluate_parser`,
+and this module never imports ``cli``; run it as ``python -m imae evaluate``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .errors import ConfigError
 
@@ -92,8 +92,3 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     return p
 
-
-if __name__ == "__main__":  # pragma: no cover - use `python -m imae evaluate`
-    from .cli import main
-
-    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,8 +1,14 @@
-"""What the experiment notebooks call: cached training and evaluation, and provenance records.
+"""What the experiment notebooks call to get trained runs and their evaluations, cached; and provenance records.
 
-Runs are cached by configuration: ``train("tiny", "mae")`` trains into ``runs/tiny-mae-<fingerprint>`` once
-and afterwards returns that directory at once, so rerunning one figure never retrains what exists.
-Evaluations are cached the same way, as JSON inside the run directory, keyed by their options.
+Runs are cached by configuration: ``cached_run("tiny", "mae")`` trains into ``runs/tiny-mae-<fingerprint>``
+once and afterwards returns that directory at once, so rerunning one figure never retrains what exists.
+Evaluations are cached the same way (:func:`cached_evaluation`), as JSON inside the run directory, keyed by
+their options. The names say "cached" because the functions underneath always compute:
+:func:`imae.train.pretrain` trains and :func:`imae.metrics.evaluate` evaluates, every time they are called.
+
+Elsewhere: the notebooks' parameter checks are :mod:`imae.parameters`, the shaping of results for figures is
+:mod:`imae.plotdata`, the device description is :func:`imae.devices.describe_device`, and where the runs live
+is :func:`imae.runs.runs_root`.
 """
 
 from __future__ import annotations
@@ -12,62 +18,26 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .config import RunConfig, _coerce, build_config, fingerprint
+from .checkpoint import checkpoint_path, load_checkpoint, teacher_fingerprint
+from .config import RunConfig, build_config, fingerprint
 from .devices import describe_device
-from .errors import ConfigError, ImaeError
+from .errors import ImaeError
 from .metrics.features import use_feature_cache
-from .runs import atomic_write_text, read_run_config
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-# Types of the experiment notebooks' parameters (one table for all notebooks; papermill injects strings
-# as typed, so a hand-typed `-p mae_epochs ten` must be caught here, before anything trains).
-PARAMETER_TYPES = {
-    "preset": str, "dataset": Optional[str], "data_root": Optional[str], "runs_dir": Optional[str],
-    "results_dir": Optional[str], "device": str, "mae_epochs": Optional[int], "imae_epochs": Optional[int],
-    "same_prob": float, "overrides": dict, "alphas": list, "n_pairs": Optional[int], "n_train": Optional[int],
-    "n_test": Optional[int], "finetune_epochs": int, "same_probs": list, "seed": int, "mask_ratio": Optional[float],
-    "n_examples": int, "ablation_epochs": Optional[int], "max_images": Optional[int], "pool": str,
-    "seeds": list,
-}
-
-
-def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
-    """``runs_dir``, else ``$IMAE_RUNS``, else ``./runs``."""
-    return Path(runs_dir or os.environ.get("IMAE_RUNS", "runs"))
-
-
-def check_parameters(**params) -> dict:
-    """Type-check notebook parameters by name (see ``PARAMETER_TYPES``); returns them unchanged."""
-    for name, value in params.items():
-        if name not in PARAMETER_TYPES:
-            raise ConfigError(f"unknown notebook parameter {name!r}; known: {sorted(PARAMETER_TYPES)}")
-        hint = PARAMETER_TYPES[name]
-        if hint in (dict, list):
-            if not isinstance(value, hint):
-                raise ConfigError(
-                    f"notebook parameter {name} must be a {hint.__name__}, got {value!r} ({type(value).__name__}). "
-                    f"Fix: pass it with papermill -y '{name}: ...' or in a -f params.yaml file")
-        else:
-            _coerce(name, value, hint)
-    return params
+from .runs import read_run_config, runs_root
 
 
 def standard_runs(preset: str, *, dataset=None, data_root=None, mae_epochs=None, imae_epochs=None,
                   same_prob: float = 1.0, overrides: dict | None = None, runs_dir=None, device="auto") -> dict:
     """The MAE teacher and the i-MAE trained on it, as every chapter uses them: {"mae": dir, "imae": dir}."""
-    mae = train(preset, "mae", runs_dir=runs_dir,
-                **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
-                                     "train.epochs": mae_epochs}))
-    imae = train(preset, "imae", runs_dir=runs_dir, teacher=mae,
-                 **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
-                                      "train.epochs": imae_epochs, "data.same_prob": same_prob}))
+    mae = cached_run(preset, "mae", runs_dir=runs_dir,
+                     **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                          "train.epochs": mae_epochs}))
+    imae = cached_run(preset, "imae", runs_dir=runs_dir, teacher=mae,
+                      **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
+                                           "train.epochs": imae_epochs, "data.same_prob": same_prob}))
     return {"mae": mae, "imae": imae}
 
 
@@ -88,7 +58,7 @@ def comparison_runs(preset: str, seeds=(0,), *, dataset=None, data_root=None, ma
                              device=device)
         if equal_compute:
             t = run_config(runs["imae"]).train
-            runs["mae_continued"] = train(
+            runs["mae_continued"] = cached_run(
                 preset, "mae", runs_dir=runs_dir,
                 **_merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
                                      "train.seed": int(seed), "train.init_from": str(runs["mae"]),
@@ -105,6 +75,7 @@ def _merge(overrides: dict | None, explicit: dict) -> dict:
 
 
 def config_for(preset: str, method: str, *, teacher: str | os.PathLike | None = None, **overrides) -> RunConfig:
+    """The configuration :func:`cached_run` trains: ``preset`` with ``overrides``, ``teacher`` as the i-MAE's."""
     if teacher is not None:
         overrides["imae.teacher"] = str(teacher)
     return build_config(preset, method=method, **overrides)
@@ -112,9 +83,6 @@ def config_for(preset: str, method: str, *, teacher: str | os.PathLike | None = 
 
 def run_dir_for(cfg: RunConfig, runs_dir=None) -> Path:
     """Where ``cfg`` trains: ``<runs>/<preset>-<method>-<fingerprint>``."""
-    from .checkpoint import checkpoint_path
-    from .train import teacher_fingerprint
-
     tfp = None
     source = cfg.imae.teacher if cfg.method == "imae" else cfg.train.init_from
     if source:
@@ -123,13 +91,14 @@ def run_dir_for(cfg: RunConfig, runs_dir=None) -> Path:
     return runs_root(runs_dir) / f"{cfg.preset}-{cfg.method}-{fingerprint(cfg, tfp)}"
 
 
-def train(preset: str, method: str, *, runs_dir=None, teacher=None, progress: bool = True, **overrides) -> Path:
-    """Train (or reuse) a run; returns its directory.
+def cached_run(preset: str, method: str, *, runs_dir=None, teacher=None, progress: bool = True,
+               **overrides) -> Path:
+    """Train a run, or reuse the one this configuration already trained (or resume it); returns its directory.
 
     Args:
         preset: config preset.
         method: ``mae`` or ``imae``.
-        runs_dir: cache folder (see :func:`runs_root`).
+        runs_dir: cache folder (see :func:`imae.runs.runs_root`).
         teacher: i-MAE's MAE teacher (run directory).
         **overrides: config overrides, as :func:`imae.config.build_config`.
     """
@@ -144,8 +113,9 @@ def _options_key(options: dict) -> str:
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
-def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
-    """Run an evaluation of a trained run once; later calls with the same options read the stored JSON.
+def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
+    """Evaluate a trained run once (:func:`imae.metrics.evaluate`); later calls with the same options read
+    the stored JSON.
 
     The result folder is ``<run>/eval/<what>-<options hash>/`` (``<what>.json``, ``config.yaml`` and, for
     reconstructions, the example images, returned under ``examples`` as {alpha: {name: array}}; the per-item
@@ -154,12 +124,10 @@ def evaluate(run_dir: str | os.PathLike, what: str, **options) -> dict:
     ``<runs>/.features`` (keyed by the weights' and images' content, see
     :class:`imae.metrics.features.FeatureCache`), so the metrics of one model encode its images once.
     """
-    from . import metrics
-
-    run_dir = Path(run_dir)
-    from . import __version__
+    from . import __version__, metrics
     from .data.datasets import data_root as resolve_root
 
+    run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     root = options.get("data_root") or saved.get("config", {}).get("data", {}).get("root")
     key = {"fp": saved.get("fingerprint", "unknown"), "version": __version__, "code": metrics.code_version(),
@@ -205,35 +173,16 @@ def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_r
     """One i-MAE per variant, all from the same MAE ``teacher``: {name: run dir}."""
     common = _merge(overrides, {"dataset": dataset, "data.root": data_root, "train.device": device,
                                 "data.same_prob": same_prob, "train.epochs": epochs})
-    return {name: train(preset, "imae", runs_dir=runs_dir, teacher=teacher, **{**common, **change})
+    return {name: cached_run(preset, "imae", runs_dir=runs_dir, teacher=teacher, **{**common, **change})
             for name, change in variants.items()}
-
-
-def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list[str]]:
-    """Image-grid rows from a reconstruction result's examples: {row label: [7 images]}, column titles.
-    The "visible" column is the mixture with the removed patches grey: all the encoder sees. The
-    reconstructions show the predicted REMOVED patches, the visible ones grey: what the loss trains (a
-    decoder's output at visible positions is untrained noise)."""
-    import numpy as np
-
-    cols = [("x_sub", "subordinate"), ("x_dom", "dominant"), ("x_mix", "mixture"), ("visible", "encoder input"),
-            ("mae", "MAE"), ("imae_sub", "i-MAE sub."), ("imae_dom", "i-MAE dom.")]
-    rows = {}
-    for alpha, ex_ in sorted(result["examples"].items()):
-        mask = ex_["mask"][..., None]
-        ex_ = {**ex_, "visible": ex_["x_mix"] * (1 - mask) + 0.5 * mask}
-        for k in ("mae", "imae_sub", "imae_dom"):
-            ex_[k] = ex_[k] * mask + 0.5 * (1 - mask)
-        for i in range(min(per_alpha, len(ex_["x_sub"]))):
-            rows[f"α={alpha:.2f} #{i + 1}"] = [np.asarray(ex_[k][i]) for k, _ in cols]
-    return rows, [t for _, t in cols]
 
 
 def reconstruction_sweep(run_dir: str | os.PathLike, *, alphas=None, n_examples: int = 2, dataset=None,
                          data_root=None, max_images=None, seed: int = 0, device="auto") -> dict:
     """Example images across the alpha sweep (default 0, 0.05, ..., 0.5) for the model of ``run_dir`` (an
     i-MAE with its teacher's single reconstruction beside it): {alpha: examples}, for
-    :func:`reconstruction_rows` (as ``{"examples": {alpha: examples}}``). Seconds on a CPU; not cached."""
+    :func:`imae.plotdata.reconstruction_rows` (as ``{"examples": {alpha: examples}}``). Seconds on a CPU;
+    not cached."""
     from .metrics.features import load_eval_data
     from .metrics.loading import load_model, load_reference, resolve_device
     from .metrics.reconstruction import SWEEP_ALPHAS, alpha_sweep
@@ -244,11 +193,6 @@ def reconstruction_sweep(run_dir: str | os.PathLike, *, alphas=None, n_examples:
     data = load_eval_data(model.config, dataset=dataset, data_root=data_root, max_images=max_images)
     return alpha_sweep(model, ref, data, alphas=SWEEP_ALPHAS if alphas is None else alphas, n_examples=n_examples,
                        seed=seed, device=dev)
-
-
-def hardware(device: str | torch.device | None = None) -> str:
-    """A short description of ``device`` (default: the one this process computes on)."""
-    return describe_device(device)
 
 
 def run_config(run_dir: str | os.PathLike) -> RunConfig:
@@ -275,21 +219,6 @@ def describe_run(run_dir: str | os.PathLike) -> dict:
             "fingerprint": saved.get("fingerprint")}
 
 
-def loss_summary(run_dir: str | os.PathLike) -> "pd.DataFrame":
-    """Mean of every logged loss term over the first and the last epoch of a run."""
-    import pandas as pd
-
-    from .runs import read_metrics
-
-    df = pd.DataFrame.from_records([r for r in read_metrics(run_dir) if "event" not in r])
-    epoch = (df["epoch"] - 1e-9).clip(lower=0).astype(int)  # the step ending epoch e counts in epoch e
-    first, last = df[epoch == epoch.min()], df[epoch == epoch.max()]
-    terms = [c for c in df.columns if c.startswith("loss")]
-    out = pd.DataFrame({"first epoch": first[terms].mean(), "last epoch": last[terms].mean()})
-    out["last / first"] = out["last epoch"] / out["first epoch"]
-    return out
-
-
 def provenance(notebook: str, runs: dict[str, str | os.PathLike], **extra) -> dict:
     """The record a notebook writes next to its results: which runs (each once), trained on what, when;
     ``hardware`` is where this notebook's evaluations ran."""
@@ -297,11 +226,6 @@ def provenance(notebook: str, runs: dict[str, str | os.PathLike], **extra) -> di
     for name, run in runs.items():
         if Path(run).resolve() not in {Path(r).resolve() for r in unique.values()}:
             unique[name] = run
-    return {"notebook": notebook, "hardware": hardware(), "torch": torch.__version__,
+    return {"notebook": notebook, "hardware": describe_device(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "runs": {k: describe_run(v) for k, v in unique.items()}, **extra}
 
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(data, indent=1, default=float))

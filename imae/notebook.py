@@ -1,4 +1,5 @@
-"""What the chapter notebooks use to put numbers, sentences, figures and tables on the page (myst-nb glue).
+"""What the chapter notebooks use to start (:func:`setup`) and to put numbers, sentences, figures and tables
+on the page (myst-nb glue).
 
 Every sentence that judges a difference is generated from its interval (:mod:`imae.stats`), never typed.
 """
@@ -11,6 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
+from .parameters import parameters_in
+from .runs import write_json
+
+
+def setup(namespace: dict) -> dict:
+    """The first call of every chapter notebook, after its imports: ``P = nb.setup(globals())``.
+
+    Checks the notebook's parameters (the names of :data:`imae.parameters.PARAMETER_TYPES` defined in
+    ``namespace``, as the parameters cell and papermill set them) and returns them, unchanged, as
+    {name: value}. A wrong type stops the notebook here, with a message that says how to pass it, before
+    anything trains. The names a notebook works with come from one import line (:mod:`imae.chapter`).
+    """
+    return parameters_in(namespace)
 
 
 def key(label: str) -> str:
@@ -57,8 +71,6 @@ def write_record(results_dir: str | os.PathLike, name: str, record: dict) -> Non
     """The chapter's JSON record, as ``<results>/<name>.json`` (what the book's status table reads) and as
     ``<results>/<preset>/<name>.json``, so records of several scales coexist and the Findings page can pick
     the largest."""
-    from .experiments import write_json
-
     write_json(Path(results_dir) / f"{name}.json", record)
     write_json(Path(results_dir) / str(record["preset"]) / f"{name}.json", record)
 
@@ -117,7 +129,7 @@ def answer(main: stats.Estimate, signal: stats.Estimate, k: int | None, *, what:
 
 
 def training_answer(summaries: dict) -> str:
-    """The pretraining chapter's answer from :func:`imae.experiments.loss_summary` tables:
+    """The pretraining chapter's answer from :func:`imae.plotdata.loss_summary` tables:
     {model: [one table per training seed]}. Says whether every loss term of every run fell from the first to
     the last epoch, and names the ones that did not."""
     rose = [f"{model} seed {i} ({term})" for model, tables in summaries.items() for i, df in enumerate(tables)

@@ -1,12 +1,13 @@
 """Figures used by the notebooks. Every function returns a matplotlib Figure and never calls ``show``
-(except :func:`frame_slider`, which returns a self-contained HTML slider over pre-rendered figures)."""
+(except :func:`frame_slider`, which returns a self-contained HTML slider over pre-rendered figures).
+The data they draw is shaped in :mod:`imae.plotdata`."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .runs import read_metrics
+from .plotdata import metrics_frame
 
 TERM_LABELS = {
     "loss_rec": "reconstruction (masked MSE)",
@@ -30,12 +31,6 @@ def _done(fig):
     """Detach the figure from pyplot so a notebook shows it only where it is glued (not again at cell end)."""
     _plt().close(fig)
     return fig
-
-
-def metrics_frame(run_dir) -> pd.DataFrame:
-    """metrics.jsonl as a DataFrame (event lines dropped)."""
-    recs = [r for r in read_metrics(run_dir) if "event" not in r]
-    return pd.DataFrame.from_records(recs)
 
 
 def loss_curves(runs: dict, *, smooth_steps: int | None = None):

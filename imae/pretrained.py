@@ -175,15 +175,11 @@ def state_dict_from(card_path: str | os.PathLike, dtype: torch.dtype = torch.flo
 def build_model(card: dict) -> torch.nn.Module:
     """An untrained model of the card's architecture (MAE, or i-MAE around an MAE)."""
     from .config import RunConfig
-    from .models import IMAE, mae_from_config
+    from .models import imae_from_config, mae_from_config
 
     cfg = RunConfig.from_dict(card["config"])
     mae = mae_from_config(cfg.model)
-    if card["kind"] != "imae":
-        return mae
-    i = cfg.imae
-    weights = {k: getattr(i, k) for k in ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom")}
-    return IMAE(mae, weights=weights, teacher_input=i.teacher_input)
+    return imae_from_config(cfg, mae) if card["kind"] == "imae" else mae
 
 
 def load_pretrained(name: str, *, root: str | os.PathLike | None = None, device: str | torch.device = "cpu"

@@ -2,7 +2,8 @@
 
 A directory belongs to one configuration (its fingerprint). Reopening it with the same config resumes or
 returns the finished run (this is how notebooks cache training); with a different config it is refused
-unless ``overwrite=True``, so finished work is never silently replaced.
+unless ``overwrite=True``, so finished work is never silently replaced. The notebooks' cached runs live
+under :func:`runs_root`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import yaml
@@ -31,6 +34,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
+    """The folder that holds the cached runs: ``runs_dir``, else ``$IMAE_RUNS``, else ``./runs``."""
+    return Path(runs_dir or os.environ.get("IMAE_RUNS", "runs"))
+
+
 def read_run_config(run_dir: str | os.PathLike) -> dict:
     p = Path(run_dir) / CONFIG_NAME
     with open(p) as f:
@@ -49,6 +57,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_yaml(path: Path, data: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """``data`` as indented JSON at ``path`` (parent folders created, written atomically); numpy scalars are
+    written as floats."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(data, indent=1, default=float))
 
 
 def open_run_dir(out: str | os.PathLike, cfg: RunConfig, fingerprint: str, *, derived: dict,
@@ -128,3 +144,27 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def remove_run_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks at step boundaries, so that a stopped run
+    writes its checkpoint first (a second signal interrupts at once)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)

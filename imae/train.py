@@ -14,41 +14,35 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, checkpoint_path, is_imae_checkpoint, load_checkpoint, load_mae_weights, \
-    mae_state_dict, save_checkpoint
+from .checkpoint import FORMAT, load_checkpoint, load_teacher, restore_rng, rng_state, save_checkpoint
 from .config import RunConfig, derived, fingerprint, validate
 from .data.pairs import mix_seed, sample_lambda
 from .data.sources import build_source
 from .devices import CompiledOrEager, describe_device, resolve_device
 from .distributed import DistInfo, all_reduce_max, barrier, init_distributed
 from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
-from .models import IMAE, MaskedAutoencoderViT, freeze_teacher, mae_from_config
-from .runs import MetricsLog, open_run_dir
-
-ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-               "decoder_depth", "decoder_num_heads", "mlp_ratio")
-
+from .losswindow import LossWindow
+from .models import IMAE, MaskedAutoencoderViT, imae_from_config, mae_from_config
+from .runs import MetricsLog, StopSignals, open_run_dir
+from .schedule import warmup_cosine
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig, base_lr: float) -> float:
-    """Multiplier of the base lr at optimizer step ``step``: linear warmup, then half-cosine to min_lr."""
+    """Multiplier of the base lr at optimizer step ``step`` (for ``LambdaLR``): the
+    :func:`~imae.schedule.warmup_cosine` of epochs, as a fraction of the base during warmup, then the
+    absolute lr divided by the base."""
     t = cfg.train
     ep = step / steps_per_epoch
     if ep < t.warmup_epochs:
-        return ep / t.warmup_epochs
-    progress = (ep - t.warmup_epochs) / max(t.epochs - t.warmup_epochs, 1e-8)
-    lr = t.min_lr + (base_lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return lr / base_lr
+        return warmup_cosine(ep, warmup=t.warmup_epochs, total=t.epochs, peak=1.0)
+    return warmup_cosine(ep, warmup=t.warmup_epochs, total=t.epochs, peak=base_lr, floor=t.min_lr) / base_lr
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -60,74 +54,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def load_teacher(cfg: RunConfig, device, source: str | None = None) -> tuple[MaskedAutoencoderViT, str]:
-    """The frozen MAE teacher named by ``cfg.imae.teacher`` (or ``source``: an MAE's ``train.init_from``) and
-    its fingerprint; checks the architecture."""
-    path = checkpoint_path(source or cfg.imae.teacher)
-    ckpt = load_checkpoint(path)
-    if is_imae_checkpoint(ckpt):
-        tcfg = ckpt["config"]
-        if tcfg["train"]["method"] != "mae":
-            raise CheckpointError(f"the teacher {path} is an i-MAE checkpoint; the teacher must be a vanilla MAE")
-        diff = [f"{k}={tcfg['model'][k]} (teacher) vs {getattr(cfg.model, k)} (student)" for k in ARCH_FIELDS
-                if tcfg["model"][k] != getattr(cfg.model, k)]
-        if diff:
-            raise CheckpointError(
-                f"the teacher {path} does not match the student's architecture: {'; '.join(diff)}. Fix: train "
-                f"the teacher with the same preset (teacher preset: {tcfg.get('preset')}, student: {cfg.preset})")
-        if not ckpt.get("finished"):
-            print(f"warning: teacher {path} is an unfinished run (step {ckpt.get('step')})", file=sys.stderr)
-    teacher = mae_from_config(cfg.model)
-    load_mae_weights(teacher, mae_state_dict(ckpt), source=str(path))
-    teacher.checkpoint_step = ckpt.get("step")  # recorded with the fingerprint in the student's checkpoint
-    return freeze_teacher(teacher).to(device), teacher_fingerprint(ckpt, path)
-
-
-def teacher_fingerprint(ckpt: dict, path: Path) -> str:
-    """What identifies a teacher in its student's fingerprint: its run's fingerprint (and step while
-    unfinished: the finished teacher is another teacher), or the name and size of an external file."""
-    if is_imae_checkpoint(ckpt):
-        return ckpt["fingerprint"] if ckpt.get("finished") else f"{ckpt['fingerprint']}@step{ckpt.get('step')}"
-    return f"external:{path.name}:{path.stat().st_size}"
-
-
 def build_model(cfg: RunConfig, teacher: MaskedAutoencoderViT | None) -> torch.nn.Module:
+    """The model to train, seeded by ``train.seed``: an MAE (from ``teacher``'s weights when it continues one,
+    ``train.init_from``) or an i-MAE around an MAE initialised from its teacher (``imae.init``)."""
     torch.manual_seed(cfg.train.seed)
     mae = mae_from_config(cfg.model)
-    if cfg.method == "mae":
-        if teacher is not None:  # train.init_from: an MAE continued from a trained one
-            mae.load_state_dict(teacher.state_dict())
-            mae.norm_pix_loss = cfg.model.norm_pix_loss
-        return mae
-    if cfg.imae.init == "teacher":
+    if teacher is not None and (cfg.method == "mae" or cfg.imae.init == "teacher"):
         mae.load_state_dict(teacher.state_dict())
         mae.norm_pix_loss = cfg.model.norm_pix_loss
-    i = cfg.imae
-    weights = {k: getattr(i, k) for k in ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom")}
-    return IMAE(mae, weights=weights, teacher_input=i.teacher_input, batched=cfg.train.batched)
-
-
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag checked at step boundaries (a second signal interrupts at once)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+    return mae if cfg.method == "mae" else imae_from_config(cfg, mae)
 
 
 class Trainer:
@@ -166,7 +101,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         fwd = self.ddp or self.model
         self.forward = CompiledOrEager(fwd) if t.compile else fwd
-        self._reset_window()
+        self.window = LossWindow(self.keys, device, t.batch_size)
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self, finished: bool = False) -> dict:
@@ -175,10 +110,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaling
             "step": self.step, "epoch": self.epoch, "batch": self.batch, "elapsed_s": self.elapsed,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(),
-                              *np.random.get_state()[2:]],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": rng_state(),
             "teacher": ({"path": str(self.cfg.imae.teacher), "fingerprint": self.teacher_fp,
                          "step": getattr(self.teacher, "checkpoint_step", None)}
                         if self.cfg.method == "imae" else None),
@@ -193,16 +125,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
         self.elapsed = ckpt.get("elapsed_s", 0.0)
-        rng = ckpt.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("python"):
-            random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
-        if rng.get("numpy"):
-            kind, keys, *rest = rng["numpy"]
-            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng(ckpt.get("rng"))
         self.last_good = self.step
         self.metrics.truncate_after(self.step)
 
@@ -216,10 +139,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ steps
     def _forward(self, batch: dict) -> dict:
-        """One micro-batch: the mask noise and lambda come from the batch's seed (same on every process)."""
+        """One micro-batch: the mask noise and lambda come from the batch's seed (same on every process);
+        a batch may also bring its own ``noise`` (this process's rows, (B, L)), e.g. to replay a step."""
         t, g = self.cfg.train, torch.Generator(device=self.device).manual_seed(mix_seed(batch["seed"], 7))
         noise = torch.rand((t.batch_size, self.model_mae.num_patches), generator=g, device=self.device)
-        noise = noise[self.local]
+        noise = batch["noise"].to(self.device) if "noise" in batch else noise[self.local]
         if self.cfg.method == "mae":
             return self.forward(batch["x_a"], mask_ratio=t.mask_ratio, noise=noise)
         i = self.cfg.imae
@@ -227,60 +151,50 @@ class Trainer:
         return self.forward(batch["x_a"], batch["x_b"], lam, mask_ratio=t.mask_ratio, noise=noise,
                             teacher=self.teacher)
 
+    def micro_step(self, batch: dict, group_size: int, *, sync: bool = True) -> dict:
+        """Forward and backward of one micro-batch, its loss scaled by ``1 / group_size`` so that the gradient
+        summed over an accumulation group is that of the group's mean loss; ``sync=False`` skips data
+        parallel's gradient all-reduce (every micro-batch of a group but the last). No optimizer step."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self._forward(batch)
+        loss = out["loss"] / group_size
+        if self.ddp is not None and not sync:
+            with self.ddp.no_sync():
+                loss.backward()
+        else:
+            loss.backward()
+        self.window.add(out, self.step + 1)
+        return out
+
     @property
     def model_mae(self) -> MaskedAutoencoderViT:
         return self.model if self.cfg.method == "mae" else self.model.mae
 
-    def _reset_window(self) -> None:
-        self._acc = torch.zeros(len(self.keys), device=self.device)
-        self._bad = torch.zeros(len(self.keys) + 2, device=self.device)  # [flag, step, terms...] first bad
-        self._acc_n, self._imgs, self._t0 = 0, 0, time.perf_counter()
-
-    def _accumulate(self, out: dict) -> None:
-        vec = torch.stack([out[k].detach().float() for k in self.keys])
-        self._acc += vec
-        new_bad = (~torch.isfinite(vec).all()) & (self._bad[0] == 0)
-        record = torch.cat([vec.new_ones(1), vec.new_full((1,), self.step + 1), vec])
-        self._bad = torch.where(new_bad, record, self._bad)
-        self._acc_n += 1
-        self._imgs += self.cfg.train.batch_size
-
     def _flush(self, bar=None) -> None:
         """Sync point: finite check, metrics line, progress postfix."""
-        if self._acc_n == 0:
+        w = self.window
+        if w.count == 0:
             return
-        acc, bad = self._acc, self._bad
-        if self.info.enabled:
-            torch.distributed.all_reduce(acc)
-            acc = acc / self.info.world
-            # the earliest bad step over the processes that saw one (the terms are this process's, if any)
-            step = torch.where(bad[0] > 0, bad[1], torch.full_like(bad[1], float("inf"))).reshape(1)
-            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
-            flag = bad[:1].clone()
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            bad = torch.cat([flag, step, bad[2:]])
-        acc, bad = (acc / self._acc_n).tolist(), bad.tolist()
+        means, bad = w.read(self.info)
         now = time.perf_counter()
-        self.elapsed += now - self._t0
-        if bad[0]:
-            terms = dict(zip(self.keys, bad[2:]))
+        self.elapsed += now - w.started
+        if bad is not None:
+            step, terms = bad
             where = (f"the last good checkpoint is {self.ckpt_path} (step {self.last_good})"
                      if self.last_good is not None and self.ckpt_path.exists() else "no checkpoint was written yet")
             raise NonFiniteLossError(
-                f"non-finite loss at step {int(bad[1])}: " + ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+                f"non-finite loss at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
                 + f"; {where}. Fix: lower blr, or pass --nonfinite restart-fp32 (nonfinite='restart-fp32') to "
                 "retry from that checkpoint without mixed precision",
-                step=int(bad[1]), terms=terms, checkpoint=str(self.ckpt_path) if self.last_good is not None else None)
-        rec = {"step": self.step, "epoch": round(self.epoch + self.batch / self.source.num_batches, 4)
-               if self.batch else self.epoch, "lr": self.base_lr * lr_factor(self.step - 1, self.steps_per_epoch,
-                                                                               self.cfg, self.base_lr)}
-        rec.update(dict(zip(self.keys, acc)))
-        rec["img_per_s"] = self._imgs / max(now - self._t0, 1e-9)
-        rec["elapsed_s"] = round(self.elapsed, 3)
+                step=step, terms=terms, checkpoint=str(self.ckpt_path) if self.last_good is not None else None)
+        epoch = round(self.epoch + self.batch / self.source.num_batches, 4) if self.batch else self.epoch
+        rec = {"step": self.step, "epoch": epoch,
+               "lr": self.base_lr * lr_factor(self.step - 1, self.steps_per_epoch, self.cfg, self.base_lr),
+               **means, "img_per_s": w.images / max(now - w.started, 1e-9), "elapsed_s": round(self.elapsed, 3)}
         self.metrics.write(rec)
         if bar is not None:
-            bar.set_postfix(loss=f"{acc[0]:.4f}", refresh=False)
-        self._reset_window()
+            bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+        w.reset()
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> None:
@@ -288,7 +202,7 @@ class Trainer:
         nb, accum = self.source.num_batches, t.accum_iter
         ckpt_every = t.ckpt_every
         self.model.train()
-        with _Signals() as sig:
+        with StopSignals() as sig:
             while self.epoch < t.epochs:
                 epoch, start = self.epoch, self.batch
                 bar = tqdm(total=nb, initial=start, desc=f"{t.method} epoch {epoch + 1}/{t.epochs}",
@@ -297,15 +211,7 @@ class Trainer:
                     group = (b // accum) * accum
                     gsize = min(accum, nb - group)
                     last = b + 1 - group == gsize
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                        out = self._forward(batch)
-                    loss = out["loss"] / gsize
-                    if self.ddp is not None and not last:
-                        with self.ddp.no_sync():
-                            loss.backward()
-                    else:
-                        loss.backward()
-                    self._accumulate(out)
+                    self.micro_step(batch, gsize, sync=last)
                     bar.update(1)
                     if not last:
                         continue

@@ -62,3 +62,29 @@ def micro_cli_args(root, **overrides) -> list[str]:
             if v != base[sec][k] and (sec, k) not in {("data", "root"), ("train", "device"), ("train", "method")}:
                 args += ["--set", f"{sec}.{k}={json.dumps(v)}"]
     return args
+
+
+@pytest.fixture()
+def nan_loss(monkeypatch):
+    """``nan_loss(call, only_under_autocast=False)``: from the ``call``-th forward pass of a model on (1-based),
+    every loss term it returns is NaN, as a numerical fault would make it. It wraps the models' public
+    ``forward`` (MAE and i-MAE), so training sees the fault exactly where a real one would appear;
+    ``only_under_autocast`` limits it to bf16 autocast passes (a fault that fp32 would not have)."""
+    from imae.models import IMAE, MaskedAutoencoderViT
+
+    count = {"n": 0}
+
+    def inject(call: int, only_under_autocast: bool = False):
+        for cls in (MaskedAutoencoderViT, IMAE):
+            original = cls.forward
+
+            def forward(self, *args, _original=original, **kwargs):
+                out = _original(self, *args, **kwargs)
+                count["n"] += 1
+                if count["n"] >= call and (not only_under_autocast or torch.is_autocast_enabled("cpu")):
+                    out = {k: (v * float("nan") if k.startswith("loss") else v) for k, v in out.items()}
+                return out
+
+            monkeypatch.setattr(cls, "forward", forward)
+
+    return inject

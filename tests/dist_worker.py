@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from conftest import micro  # the same configs as the single-process fixtures
-from imae.train import Trainer, load_teacher, pretrain
+from imae.checkpoint import load_teacher
+from imae.train import Trainer, pretrain
 from imae.config import fingerprint
 from imae.distributed import init_distributed
 

@@ -8,7 +8,8 @@ from imae.checkpoint import load_checkpoint
 from imae.config import build_config, fingerprint
 from imae.controls import PixelEncoder, pixel_run, untrained_run
 from imae.metrics import load_model
-from imae.train import build_model, load_teacher
+from imae.checkpoint import load_teacher
+from imae.train import build_model
 
 from .conftest import micro
 

@@ -1,4 +1,5 @@
-"""The notebooks' library side: parameter checks, cached runs and evaluations, provenance, status, plots."""
+"""The notebooks' library side: cached runs and evaluations, provenance, status, plots (the parameter checks:
+tests/test_parameters.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import imae.experiments as ex
-from imae.errors import ConfigError, ImaeError
+from imae.errors import ImaeError
 from imae.reproduce import notebook_parameters, repo_root, write_status
 
 from .conftest import micro
@@ -17,16 +18,6 @@ from .conftest import micro
 MICRO = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
          "model.decoder_embed_dim": 32, "model.decoder_depth": 1, "model.decoder_num_heads": 2,
          "train.batch_size": 32, "train.device": "cpu"}
-
-
-def test_parameter_types_are_checked_by_name():
-    ex.check_parameters(preset="tiny", mae_epochs=None, same_prob=1, overrides={}, same_probs=[0.0])
-    with pytest.raises(ConfigError, match=r"mae_epochs must be a whole number, got 'ten' \(str\).*-p mae_epochs 10"):
-        ex.check_parameters(mae_epochs="ten")
-    with pytest.raises(ConfigError, match="overrides must be a dict"):
-        ex.check_parameters(overrides="x")
-    with pytest.raises(ConfigError, match="unknown notebook parameter 'epochz'"):
-        ex.check_parameters(epochz=3)
 
 
 def test_standard_runs_are_cached_and_unset_parameters_leave_overrides(toy_root, tmp_path):
@@ -45,13 +36,13 @@ def test_standard_runs_are_cached_and_unset_parameters_leave_overrides(toy_root,
 
 
 def test_evaluations_are_cached_by_options(mae_run):
-    a = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
+    a = ex.cached_evaluation(mae_run, "knn", device="cpu", max_images=50)
     files = sorted((mae_run / "eval").iterdir())
-    b = ex.evaluate(mae_run, "knn", device="cpu", max_images=50)
+    b = ex.cached_evaluation(mae_run, "knn", device="cpu", max_images=50)
     items_a, items_b = a.pop("items"), b.pop("items")  # per-item numpy arrays, read back from the npz
     assert items_a.keys() == items_b.keys() and all(np.array_equal(items_a[k], items_b[k]) for k in items_a)
     assert a == b and sorted((mae_run / "eval").iterdir()) == files
-    ex.evaluate(mae_run, "knn", device="cpu", max_images=100)
+    ex.cached_evaluation(mae_run, "knn", device="cpu", max_images=100)
     assert len(list((mae_run / "eval").iterdir())) == len(files) + 1
 
 

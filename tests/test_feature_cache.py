@@ -100,15 +100,15 @@ def test_features_persist_across_processes_in_the_folder_and_a_corrupt_file_is_r
     assert not FEATURES.enabled  # the block restores the default: off
 
 
-def test_experiments_evaluate_shares_one_extraction_between_probe_and_knn(mae_run, tmp_path, monkeypatch):
+def test_cached_evaluations_share_one_extraction_between_probe_and_knn(mae_run, tmp_path, monkeypatch):
     run = tmp_path / "runs" / "m"
     shutil.copytree(mae_run, run)
     encoded = []
     real = F._encode_rows
     monkeypatch.setattr(F, "_encode_rows", lambda *a, **k: encoded.append(len(a[2])) or real(*a, **k))
     FEATURES.clear()  # features of this model from other tests (same content) would be served from memory
-    probe = experiments.evaluate(run, "linear-probe")
-    knn = experiments.evaluate(run, "knn")
+    probe = experiments.cached_evaluation(run, "linear-probe")
+    knn = experiments.cached_evaluation(run, "knn")
     assert len(encoded) == 2  # the train and the test split, once each, for both metrics
     assert len(list((tmp_path / "runs" / ".features").glob("*.pt"))) == 2
     assert set(probe["accuracy"]) == set(knn["accuracy"]) == {"cls", "mean"}

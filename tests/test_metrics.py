@@ -602,20 +602,20 @@ def test_training_records_the_teacher_and_evaluation_verifies_it(mae_run, imae_r
 
 
 def test_evaluation_items_are_written_and_read_back(mae_run, tmp_path):
-    """items go to <what>_items.npz (not the JSON); the cached experiments.evaluate loads them back."""
+    """items go to <what>_items.npz (not the JSON); experiments.cached_evaluation loads them back."""
     import shutil
 
     from imae import experiments
 
     run = tmp_path / "run"
     shutil.copytree(mae_run, run)
-    res = experiments.evaluate(run, "knn")
+    res = experiments.cached_evaluation(run, "knn")
     assert res["items_file"] == "knn_items.npz" and "correct" not in res["per_pool"]["mean"]
     n = res["per_pool"]["mean"]["n_test"]
     assert res["items"]["test_index"].tolist() == list(range(n)) and res["items"]["mean/correct"].dtype == bool
     assert res["items"]["mean/correct"].mean() == pytest.approx(res["accuracy"]["mean"])
-    assert experiments.evaluate(run, "knn")["items"].keys() == res["items"].keys()  # the cached copy
-    rec = experiments.evaluate(run, "reconstruction", alphas=[0.2, 0.5], n_pairs=12, n_examples=0)
+    assert experiments.cached_evaluation(run, "knn")["items"].keys() == res["items"].keys()  # the cached copy
+    rec = experiments.cached_evaluation(run, "reconstruction", alphas=[0.2, 0.5], n_pairs=12, n_examples=0)
     for name in ("mae", "input"):
         for t in ("sub", "dom"):
             arr = rec["items"][f"{name}/{t}/psnr_masked"]

@@ -7,10 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from imae import notebook as nb
-from imae import plots
+from imae import plotdata, plots
 from imae.errors import ConfigError
 
 
@@ -69,7 +68,7 @@ def test_alpha_sweep_starts_at_the_dominant_image(imae_run, mae_run):
     np.testing.assert_allclose(half["x_mix"], 0.5 * (half["x_sub"] + half["x_dom"]), atol=1e-5)
     assert np.array_equal(zero["mask"], half["mask"])  # one mask for every frame
     assert {"mae", "imae_sub", "imae_dom"} <= set(zero) and zero["imae_sub"].shape == zero["x_sub"].shape
-    rows, titles = experiments.reconstruction_rows({"examples": {0.25: frames[0.25]}}, per_alpha=2)
+    rows, titles = plotdata.reconstruction_rows({"examples": {0.25: frames[0.25]}}, per_alpha=2)
     assert len(rows) == 2 and len(titles) == 7
     with pytest.raises(ConfigError, match=r"\[0, 0.5\]"):
         experiments.reconstruction_sweep(imae_run, alphas=[0.7], device="cpu")

@@ -18,7 +18,7 @@ from imae import cli
 from imae.checkpoint import load_checkpoint, save_checkpoint
 from imae.errors import CheckpointError, NonFiniteLossError
 from imae.runs import read_metrics
-from imae.train import Trainer, pretrain
+from imae.train import pretrain
 
 from .conftest import micro, micro_cli_args
 from .test_models import official_mae_vit_base_keys
@@ -96,22 +96,8 @@ def test_sigkill_at_random_steps_never_loses_the_last_checkpoint(toy_root, tmp_p
 
 
 # ------------------------------------------------------------------------------------ numerical faults
-def _nan_at(monkeypatch, call: int, only_under_autocast: bool = False):
-    original = Trainer._forward
-    count = {"n": 0}
-
-    def forward(self, batch):
-        out = original(self, batch)
-        count["n"] += 1
-        if count["n"] >= call and (not only_under_autocast or torch.is_autocast_enabled("cpu")):
-            out = {k: (v * float("nan") if k.startswith("loss") else v) for k, v in out.items()}
-        return out
-
-    monkeypatch.setattr(Trainer, "_forward", forward)
-
-
-def test_nonfinite_loss_names_step_terms_and_last_good_checkpoint(toy_root, tmp_path, monkeypatch):
-    _nan_at(monkeypatch, 5)
+def test_nonfinite_loss_names_step_terms_and_last_good_checkpoint(toy_root, tmp_path, nan_loss):
+    nan_loss(5)
     with pytest.raises(NonFiniteLossError) as e:
         pretrain(micro(toy_root, **{"train.ckpt_every": 2}), tmp_path / "run", progress=False)
     msg = str(e.value)
@@ -120,15 +106,15 @@ def test_nonfinite_loss_names_step_terms_and_last_good_checkpoint(toy_root, tmp_
     assert load_checkpoint(tmp_path / "run")["step"] == 4  # the bad steps were never saved
 
 
-def test_nonfinite_loss_cli_exit_status(toy_root, tmp_path, monkeypatch, capsys):
-    _nan_at(monkeypatch, 1)
+def test_nonfinite_loss_cli_exit_status(toy_root, tmp_path, nan_loss, capsys):
+    nan_loss(1)
     code, err = run_cli(["pretrain", "--method", "mae", "--out", str(tmp_path / "r"), "--quiet",
                          *micro_cli_args(toy_root)], capsys)
     assert code == 3 and "non-finite loss at step 1" in err and "no checkpoint was written yet" in err
 
 
-def test_restart_fp32_recovers_from_a_bf16_only_fault(toy_root, tmp_path, monkeypatch):
-    _nan_at(monkeypatch, 4, only_under_autocast=True)
+def test_restart_fp32_recovers_from_a_bf16_only_fault(toy_root, tmp_path, nan_loss):
+    nan_loss(4, only_under_autocast=True)
     cfg = micro(toy_root, **{"train.amp": "bf16", "train.nonfinite": "restart-fp32", "train.ckpt_every": 1})
     run = pretrain(cfg, tmp_path / "run", progress=False)
     recs = read_metrics(run)
@@ -233,8 +219,8 @@ def test_official_checkpoint_namespace_is_allowed(tmp_path):
     assert ckpt["args"].lr == 1e-4 and torch.equal(ckpt["model"]["w"], torch.ones(2))
 
 
-def test_restart_fp32_before_any_checkpoint_starts_over_and_keeps_the_event(toy_root, tmp_path, monkeypatch):
-    _nan_at(monkeypatch, 1, only_under_autocast=True)
+def test_restart_fp32_before_any_checkpoint_starts_over_and_keeps_the_event(toy_root, tmp_path, nan_loss):
+    nan_loss(1, only_under_autocast=True)
     cfg = micro(toy_root, **{"train.amp": "bf16", "train.nonfinite": "restart-fp32"})
     run = pretrain(cfg, tmp_path / "run", progress=False)
     recs = read_metrics(run)

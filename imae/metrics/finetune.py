@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..data.augment import BatchAugment
 from ..data.pairs import mix_seed
 from ..errors import ConfigError, ImaeError
+from ..schedule import warmup_cosine
 from .features import EvalData, autocast, pooled
 
 
@@ -66,13 +67,6 @@ def layer_decay_groups(model: Classifier, *, weight_decay: float, layer_decay: f
                            "lr_scale": layer_decay ** (depth + 1 - layer)}
         groups[key]["params"].append(p)
     return list(groups.values())
-
-
-def _lr(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -144,7 +138,9 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
         loss_sum = 0.0
         for b in range(steps_per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
-            cur = _lr(step, total, warmup, lr, min_lr)
+            # warmup counts the step being taken (no step at lr 0); the cosine then starts at the peak
+            cur = warmup_cosine(step + 1 if step < warmup else step, warmup=warmup, total=total, peak=lr,
+                                floor=min_lr, ramp_to_peak=True)
             for group in opt.param_groups:
                 group["lr"] = cur * group["lr_scale"]
             with autocast(device):

@@ -22,11 +22,12 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import checkpoint_path, is_imae_checkpoint, load_checkpoint, load_mae_weights, mae_state_dict
+from ..checkpoint import (checkpoint_path, is_imae_checkpoint, load_checkpoint, load_mae_weights, mae_state_dict,
+                          teacher_fingerprint)
 from ..config import ModelConfig, RunConfig
 from ..devices import resolve_device  # noqa: F401  (re-exported by imae.metrics)
 from ..errors import CheckpointError, ConfigError
-from ..models import IMAE, MaskedAutoencoderViT, mae_from_config
+from ..models import IMAE, MaskedAutoencoderViT, imae_from_config, mae_from_config
 
 
 @dataclass
@@ -45,7 +46,7 @@ class LoadedModel:
         decoder_loaded: False for an encoder-only checkpoint (features work, reconstruction does not).
         step: the checkpoint's optimizer step (None for a foreign checkpoint).
         as_teacher: what identifies this checkpoint when it is a teacher
-            (:func:`imae.train.teacher_fingerprint`: the run's fingerprint, ``@stepN`` while unfinished).
+            (:func:`imae.checkpoint.teacher_fingerprint`: the run's fingerprint, ``@stepN`` while unfinished).
         teacher_fingerprint, teacher_step: an i-MAE's teacher as its training recorded it (None for
             checkpoints written before training recorded it).
     """
@@ -98,9 +99,7 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
         mae = mae_from_config(cfg.model)
         imae = None
         if kind == "imae":
-            i = cfg.imae
-            weights = {k: getattr(i, k) for k in ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom")}
-            imae = IMAE(mae, weights=weights, teacher_input=i.teacher_input)
+            imae = imae_from_config(cfg, mae)
             _load_strict(imae, ckpt["model"], p)
         else:
             load_mae_weights(mae, mae_state_dict(ckpt), source=str(p))
@@ -132,9 +131,7 @@ def load_model(path: str | os.PathLike, *, model_config: ModelConfig | None = No
 
 
 def _as_teacher(ckpt: dict, path: Path) -> str:
-    from ..train import teacher_fingerprint  # the one definition training uses
-
-    return teacher_fingerprint(ckpt, path)
+    return teacher_fingerprint(ckpt, path)  # the one definition training uses
 
 
 def _load_strict(module: torch.nn.Module, state: dict, source: Path) -> None:

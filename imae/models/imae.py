@@ -15,12 +15,51 @@ pairing implies; ``'mixed'`` reproduces the released code, which feeds it the mi
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.pairs import mix, route
+from ..mixing import mix, route
 from .mae import MaskedAutoencoderViT
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The weights of i-MAE's four loss terms (the config's ``imae.w_*`` fields)."""
+
+    rec_sub: float = 1.0
+    rec_dom: float = 1.0
+    distill_sub: float = 1.0
+    distill_dom: float = 1.0
+
+    @classmethod
+    def from_config(cls, imae_cfg) -> "LossWeights":
+        """From an :class:`imae.config.IMAEConfig` (``w_rec_sub``, ...)."""
+        return cls(imae_cfg.w_rec_sub, imae_cfg.w_rec_dom, imae_cfg.w_distill_sub, imae_cfg.w_distill_dom)
+
+    @classmethod
+    def coerce(cls, weights) -> "LossWeights":
+        """A LossWeights, None (all 1) or a dict of the config's names (``{"w_distill_sub": 0.0}``)."""
+        if weights is None or isinstance(weights, cls):
+            return weights or cls()
+        unknown = set(weights) - {f"w_{k}" for k in cls.__dataclass_fields__}
+        if unknown:
+            known = sorted(f"w_{k}" for k in cls.__dataclass_fields__)
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {known}")
+        return cls(**{k[len("w_"):]: float(v) for k, v in weights.items()})
+
+    def of(self, term: str) -> float:
+        """The weight of loss term ``loss_<name>``."""
+        return getattr(self, term[len("loss_"):])
+
+    @property
+    def distills(self) -> bool:
+        return self.distill_sub > 0 or self.distill_dom > 0
+
+    def __iter__(self):
+        return iter(astuple(self))
 
 
 class IMAE(nn.Module):
@@ -28,7 +67,7 @@ class IMAE(nn.Module):
 
     Args:
         mae: the MAE to wrap (typically initialised from the teacher).
-        weights: loss weights ``w_rec_sub, w_rec_dom, w_distill_sub, w_distill_dom`` (default all 1).
+        weights: a :class:`LossWeights` (or a dict of its config names ``w_rec_sub``, ...; default all 1).
         teacher_input: ``clean`` or ``mixed`` (see module docstring).
         batched: run both decoder branches (and both teacher passes) as one batch; False reproduces the
             released code's separate calls (same numbers, slower).
@@ -36,7 +75,8 @@ class IMAE(nn.Module):
 
     LOSS_TERMS = ("loss_rec_sub", "loss_rec_dom", "loss_distill_sub", "loss_distill_dom")
 
-    def __init__(self, mae: MaskedAutoencoderViT, *, weights: dict | None = None, teacher_input: str = "clean",
+    def __init__(self, mae: MaskedAutoencoderViT, *, weights: LossWeights | dict | None = None,
+                 teacher_input: str = "clean",
                  batched: bool = True):
         super().__init__()
         if teacher_input not in ("clean", "mixed"):
@@ -48,12 +88,7 @@ class IMAE(nn.Module):
         self.init_splitter_from_decoder_embed()
         # The splitter replaces decoder_embed on the student's path; keep it (strict MAE loading) but frozen.
         mae.decoder_embed.requires_grad_(False)
-        w = {"w_rec_sub": 1.0, "w_rec_dom": 1.0, "w_distill_sub": 1.0, "w_distill_dom": 1.0}
-        unknown = set(weights or {}) - set(w)
-        if unknown:
-            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(w)}")
-        w.update(weights or {})
-        self.weights = w
+        self.weights = LossWeights.coerce(weights)
         self.teacher_input, self.batched = teacher_input, batched
 
     @torch.no_grad()
@@ -111,13 +146,13 @@ class IMAE(nn.Module):
         terms = {"loss_rec_sub": self.mae.forward_loss(x_sub, pred_sub, mask),
                  "loss_rec_dom": self.mae.forward_loss(x_dom, pred_dom, mask)}
         zero = terms["loss_rec_sub"].new_zeros(())
-        if teacher is not None and (w["w_distill_sub"] > 0 or w["w_distill_dom"] > 0):
+        if teacher is not None and w.distills:
             t_sub, t_dom = self.teacher_targets(teacher, x_sub, x_dom, x_mix, mask_ratio, noise)
             terms["loss_distill_sub"] = F.mse_loss(h_sub.float(), t_sub.float())
             terms["loss_distill_dom"] = F.mse_loss(h_dom.float(), t_dom.float())
         else:
             terms["loss_distill_sub"] = terms["loss_distill_dom"] = zero
-        loss = sum(w["w_" + k[len("loss_"):]] * v for k, v in terms.items())
+        loss = sum(w.of(k) * v for k, v in terms.items())
         out = {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
         out.update(pred_sub=pred_sub, pred_dom=pred_dom, mask=mask, alpha=alpha)
         return out
@@ -128,3 +163,10 @@ def freeze_teacher(teacher: MaskedAutoencoderViT) -> MaskedAutoencoderViT:
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def imae_from_config(cfg, mae: MaskedAutoencoderViT) -> IMAE:
+    """The i-MAE of a :class:`imae.config.RunConfig` around ``mae`` (loss weights, teacher input, batching):
+    the one builder training, evaluation and the stored models use."""
+    return IMAE(mae, weights=LossWeights.from_config(cfg.imae), teacher_input=cfg.imae.teacher_input,
+                batched=cfg.train.batched)

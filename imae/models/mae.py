@@ -13,6 +13,7 @@ Stages are named and separately callable: :meth:`patchify`, :meth:`random_maskin
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
@@ -198,6 +199,6 @@ class MaskedAutoencoderViT(nn.Module):
 
 def mae_from_config(model_cfg) -> MaskedAutoencoderViT:
     """Build from an :class:`imae.config.ModelConfig` (or any object with the same fields)."""
-    keys = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-            "decoder_depth", "decoder_num_heads", "mlp_ratio", "norm_pix_loss")
-    return MaskedAutoencoderViT(**{k: getattr(model_cfg, k) for k in keys})
+    from ..config import ModelConfig
+
+    return MaskedAutoencoderViT(**{f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)})
