@@ -66,6 +66,14 @@ def config_from_args(args, method: str):
 def cmd_pretrain(args) -> int:
     from .train import pretrain
 
+    from .checkpoint import checkpoint_path
+    from .errors import ConfigError
+
+    if args.resume and args.no_resume:
+        raise ConfigError("--resume and --no-resume contradict each other; pass one of them")
+    if args.resume and not checkpoint_path(args.out).is_file():
+        raise ConfigError(f"--resume: {args.out} holds no checkpoint to resume from; run the same command without "
+                          f"--resume to start this run")
     cfg = config_from_args(args, args.method)
     run_dir = pretrain(cfg, args.out, resume=not args.no_resume, overwrite=args.overwrite,
                        progress=not args.quiet)
@@ -112,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run directory of another config")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    p.add_argument("--resume", action="store_true", help="(default) continue from the run's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="require a checkpoint in --out and continue from it (without the flag a checkpoint is "
+                        "also continued, and a missing one starts the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain)
 

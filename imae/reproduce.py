@@ -189,7 +189,9 @@ def _fmt(x, spec: str) -> str:
 
 def write_performance(book_dir: Path) -> Path:
     """``book/performance_tables.md`` from the benchmark JSON files in ``book/results/``
-    (``throughput_*.json`` from benchmarks/throughput.py, ``cpu_pipeline*.json`` from benchmarks/cpu_pipeline.py)."""
+    (``throughput_*.json`` from benchmarks/throughput.py, ``cpu_pipeline*.json`` from benchmarks/cpu_pipeline.py,
+    ``cpu_edition_*.json`` from benchmarks/cpu_edition.py, ``reproduce_*.json`` from ``make reproduce``; a
+    ``from_scratch`` entry in the latter records a run that started from an empty cache)."""
     parts = []
     for f in sorted((book_dir / "results").glob("throughput_*.json")):
         r = json.loads(f.read_text())
@@ -220,13 +222,39 @@ def write_performance(book_dir: Path) -> Path:
                   f"`results/{f.name}`): total {r['total_s']:.0f} s, peak resident memory "
                   f"{r['peak_rss_mb']:,.0f} MB.", "", "| stage | seconds | peak RSS so far (MB) |",
                   "| --- | ---: | ---: |", *rows, ""]
+    for f in sorted((book_dir / "results").glob("cpu_edition_*.json")):
+        r = json.loads(f.read_text())
+        parts += [f"**The CPU edition's speed, before and after** (`benchmarks/cpu_edition.py`, {r['preset']} preset, "
+                  f"{r.get('cpu', '?')}, {r.get('threads', '?')} torch threads, torch {r.get('torch', '?')}; "
+                  f"source `results/{f.name}`; peak RSS {r.get('peak_rss_mb', 0):,} MB)", ""]
+        tr = r.get("training", {}).get("per_method", {})
+        if tr:
+            parts += ["| training step | eager (images/s) | torch.compile (images/s) | compile (s) |",
+                      "| --- | ---: | ---: | ---: |"]
+            parts += [f"| {'i-MAE' if m == 'imae' else 'MAE'} | {v['before_img_per_s']:,.0f} | "
+                      f"{v['compiled_img_per_s']:,.0f} | {_fmt(v.get('compile_s'), '.0f')} |" for m, v in tr.items()]
+            parts.append("")
+        ev = r.get("evaluation")
+        if ev:
+            b, a = ev["passes"]["before"], ev["passes"]["after"]
+            parts += ["| evaluation of one model | features per metric (s) | features shared (s) |",
+                      "| --- | ---: | ---: |"]
+            parts += [f"| {w} | {b['seconds'][w]:.1f} | {a['seconds'][w]:.1f} |" for w in b["seconds"]]
+            parts += [f"| **total** | **{b['total_s']:.1f}** | **{a['total_s']:.1f}** |", "",
+                      f"Sharing features makes one model's evaluation {ev['speedup']:.2f}x faster with "
+                      f"{'identical' if ev.get('identical_results') else 'DIFFERENT'} results; the frozen encoder "
+                      f"encodes {ev['encoder_forward_img_per_s']:,.0f} images/s.", ""]
     for f in sorted((book_dir / "results").glob("reproduce_*.json")):
         r = json.loads(f.read_text())
         rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]
+        scratch = r.get("from_scratch")
+        how = (f"measured in one sitting from an EMPTY runs cache (every model trained, every evaluation run): "
+               f"{scratch['wall_s'] / 60:.1f} min wall time for the whole command, book build included"
+               if scratch else "trained runs and evaluations already in the cache are reused, so a first run "
+               "adds the training times of the [status table](intro.md)")
         parts += [f"**`make reproduce PRESET={r['preset']}`** ({r.get('cpu', '?')}, {r.get('torch_threads', '?')} "
-                  f"torch threads; trained runs and evaluations already in the cache are reused, so a first run "
-                  f"adds the training times of the [status table](intro.md)); source `results/{f.name}`: "
-                  f"{r['total_s'] / 60:.1f} min, peak notebook-kernel memory {r.get('peak_kernel_rss_mb', 0):,} MB.",
+                  f"torch threads; {how}); source `results/{f.name}`: notebooks {r['total_s'] / 60:.1f} min, peak "
+                  f"notebook-kernel memory {r.get('peak_kernel_rss_mb', 0):,} MB.",
                   "", "| notebook | seconds |", "| --- | ---: |", *rows, ""]
     if not parts:
         parts = ["No benchmark results are stored yet; run the commands above."]

@@ -86,3 +86,24 @@ def test_cpu_edition_projection_counts_every_training_run_of_the_notebooks():
     # MAE: 3 teachers x 10 epochs + 3 continued x 4; i-MAE: (3 seeds + same_prob 0) x 4 + 7 variants x 1
     assert p["epochs"] == {"mae": 42, "imae": 23} and p["images_per_epoch"] == 50_000
     assert p["total_min"] == pytest.approx((42 * 50_000 / 1000 + 23 * 50_000 / 500) / 60)
+
+
+def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp_path):
+    from imae.reproduce import write_performance
+
+    results = tmp_path / "results"
+    results.mkdir()
+    secs = {w: 2.0 for w in cpu_edition.EVALS}
+    (results / "cpu_edition_small.json").write_text(json.dumps({
+        "preset": "small", "cpu": "x", "threads": 2, "torch": "t", "peak_rss_mb": 1500,
+        "training": {"per_method": {"mae": {"before_img_per_s": 900.0, "compiled_img_per_s": 950.0, "compile_s": 40.0}}},
+        "evaluation": {"passes": {"before": {"seconds": secs, "total_s": 10.0},
+                                  "after": {"seconds": {w: 1.0 for w in secs}, "total_s": 5.0}},
+                       "speedup": 2.0, "identical_results": True, "encoder_forward_img_per_s": 1400.0}}))
+    (results / "reproduce_small.json").write_text(json.dumps({
+        "preset": "small", "cpu": "x", "torch_threads": 2, "notebooks_s": {"pretrain": 3000.0}, "total_s": 3000.0,
+        "peak_kernel_rss_mb": 1600, "from_scratch": {"wall_s": 5400.0}}))
+    text = write_performance(tmp_path).read_text()
+    assert "| MAE | 900 | 950 | 40 |" in text and "| **total** | **10.0** | **5.0** |" in text
+    assert "2.00x faster with identical results" in text
+    assert "EMPTY runs cache" in text and "90.0 min wall time" in text

@@ -226,3 +226,16 @@ def test_restart_fp32_before_any_checkpoint_starts_over_and_keeps_the_event(toy_
     recs = read_metrics(run)
     assert recs[0] == {"step": 0, "event": "restart-fp32", "bad_step": 1}
     assert [r["step"] for r in recs[1:]] == list(range(1, 13)) and load_checkpoint(run)["finished"]
+
+
+def test_resume_flag_requires_a_checkpoint_and_continues_an_interrupted_run(toy_root, tmp_path, mae_run, capsys):
+    args = ["pretrain", "--method", "mae", "--quiet", *micro_cli_args(toy_root)]
+    code, err = run_cli([*args, "--out", str(tmp_path / "new"), "--resume"], capsys)
+    assert code == 2 and "holds no checkpoint to resume from" in err and not (tmp_path / "new").exists()
+    code, err = run_cli([*args, "--out", str(tmp_path / "new"), "--resume", "--no-resume"], capsys)
+    assert code == 2 and "contradict" in err
+    import shutil
+
+    shutil.copytree(mae_run, tmp_path / "done")  # a finished run of this configuration: --resume returns it
+    code, _ = run_cli([*args, "--out", str(tmp_path / "done"), "--resume"], capsys)
+    assert code == 0
