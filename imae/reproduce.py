@@ -256,6 +256,10 @@ def write_performance(book_dir: Path) -> Path:
                   f"torch threads; {how}); source `results/{f.name}`: notebooks {r['total_s'] / 60:.1f} min, peak "
                   f"notebook-kernel memory {r.get('peak_kernel_rss_mb', 0):,} MB.",
                   "", "| notebook | seconds |", "| --- | ---: |", *rows, ""]
+        if r.get("figure_s"):
+            parts += ["Single chapters rerun afterwards with `make figure NB=<chapter>` (models cached, evaluations "
+                      "recomputed where their cache key changed): " + ", ".join(
+                          f"{name} {sec:,.0f} s" for name, sec in r["figure_s"].items()) + ".", ""]
     if not parts:
         parts = ["No benchmark results are stored yet; run the commands above."]
     path = book_dir / "performance_tables.md"
@@ -275,22 +279,28 @@ def build_book(root: Path, book_dir: Path | None = None, *, strict: bool = True)
         raise ImaeError(f"book build failed ({' '.join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def write_timings(path: Path, preset: str, timings: dict) -> Path:
-    """Record how long each notebook of a ``reproduce`` took and the peak memory of its kernels; notebooks
-    not rerun keep their earlier timing (so ``--only`` updates one row)."""
+def write_timings(path: Path, preset: str, timings: dict, *, partial: bool = False) -> Path:
+    """Record how long the notebooks of a ``reproduce`` took and the peak memory of their kernels.
+
+    A full run (every notebook) replaces the record. A partial one (``--only``, i.e. ``make figure``) keeps
+    the full run's record, its ``from_scratch`` measurement included, and stores its own timings under
+    ``figure_s``: a figure rerun with cached models is not a row of the full run.
+    """
     import platform
     import resource
 
     import torch
 
     old = json.loads(path.read_text()) if path.is_file() else {}
-    rec = {"preset": preset, "cpu": platform.processor() or platform.machine(),
-           "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-           "notebooks_s": {**old.get("notebooks_s", {}), **timings},
-           # ru_maxrss of finished children (the notebook kernels), kilobytes on Linux
-           "peak_kernel_rss_mb": max(old.get("peak_kernel_rss_mb", 0),
-                                     round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))}
-    rec["total_s"] = round(sum(rec["notebooks_s"].values()), 1)
+    peak = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # kernels' ru_maxrss, KiB
+    if partial and old.get("notebooks_s"):
+        rec = {**old, "figure_s": {**old.get("figure_s", {}), **timings}}
+    else:
+        rec = {"preset": preset, "cpu": platform.processor() or platform.machine(),
+               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+               "notebooks_s": {**(old.get("notebooks_s", {}) if partial else {}), **timings},
+               "peak_kernel_rss_mb": peak}
+        rec["total_s"] = round(sum(rec["notebooks_s"].values()), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=1) + "\n")
     return path
@@ -314,7 +324,8 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
             t0 = time.perf_counter()
             run_notebook(name, params, root=root, out_dir=book)
             timings[name] = round(time.perf_counter() - t0, 1)
-    write_timings(book / "results" / f"reproduce_{preset}.json", preset, timings)
+    write_timings(book / "results" / f"reproduce_{preset}.json", preset, timings,
+                  partial=set(names) != set(NOTEBOOKS))
     write_status(book)
     write_performance(book)
     if build:

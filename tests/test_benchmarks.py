@@ -107,3 +107,20 @@ def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp
     assert "| MAE | 900 | 950 | 40 |" in text and "| **total** | **10.0** | **5.0** |" in text
     assert "2.00x faster with identical results" in text
     assert "EMPTY runs cache" in text and "90.0 min wall time" in text
+
+
+def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
+    from imae.reproduce import write_timings
+
+    path = tmp_path / "reproduce_small.json"
+    write_timings(path, "small", {"pretrain": 100.0, "separability": 50.0})
+    rec = json.loads(path.read_text())
+    rec["from_scratch"] = {"wall_s": 200.0}
+    path.write_text(json.dumps(rec))
+    write_timings(path, "small", {"separability": 20.0}, partial=True)
+    rec = json.loads(path.read_text())
+    assert rec["notebooks_s"] == {"pretrain": 100.0, "separability": 50.0} and rec["total_s"] == 150.0
+    assert rec["from_scratch"] == {"wall_s": 200.0} and rec["figure_s"] == {"separability": 20.0}
+    write_timings(path, "small", {"pretrain": 90.0, "separability": 40.0})  # a new full run replaces it all
+    rec = json.loads(path.read_text())
+    assert "from_scratch" not in rec and "figure_s" not in rec and rec["total_s"] == 130.0
