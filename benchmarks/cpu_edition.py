@@ -24,26 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import throughput  # noqa: E402
+from benchmarks.cpu_pipeline import peak_rss_mb  # noqa: E402
 from imae.config import build_config  # noqa: E402
+from imae.reproduce import notebook_parameters  # noqa: E402
 
 EVALS = ("separability", "semantics", "linear-probe", "knn", "reconstruction")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def training(args) -> dict:
@@ -135,9 +131,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = Path(__file__).resolve().parents[1]
-    pfile = root / "experiments" / "params" / f"{args.preset}.yaml"
-    params = yaml.safe_load(pfile.read_text()) if pfile.is_file() else {}
+    params = notebook_parameters(args.preset, Path(__file__).resolve().parents[1])  # what reproduce passes
     out = {"preset": args.preset, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     if not args.skip_train:
