@@ -138,6 +138,14 @@ def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
         # Features extracted for one metric serve the others, across notebooks too: <runs>/.features.
         with use_feature_cache(run_dir.resolve().parent / ".features"):
             metrics.evaluate(run_dir, what, out=folder, **options)
+    return load_result(result_file)
+
+
+def load_result(result_file: str | os.PathLike) -> dict:
+    """One stored evaluation ``<folder>/<what>.json`` with its example images and per-item arrays attached
+    (``examples`` {alpha: {name: array}}, ``items`` {name: array}; float16 items read back as float32)."""
+    result_file = Path(result_file)
+    folder = result_file.parent
     result = json.loads(result_file.read_text())
     if result.get("examples_file"):
         import numpy as np
@@ -152,7 +160,10 @@ def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
         import numpy as np
 
         with np.load(folder / result["items_file"]) as z:
-            result["items"] = {name: z[name] for name in z.files}
+            # float16 arrays are the campaign's compact storage (imae.campaign.collect.compact_items): the
+            # metrics see float32, as computed.
+            result["items"] = {name: (z[name].astype(np.float32) if z[name].dtype == np.float16 else z[name])
+                               for name in z.files}
     return result
 
 

@@ -541,3 +541,53 @@ def test_campaign_imports_only_what_the_gpu_machine_has():
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_compact_items_keeps_the_metrics(tmp_path):
+    """Per-item arrays are stored as float16 where every value fits, kept float32 where one does not, unread
+    arrays are dropped, and R² from the compact arrays matches the float32 one to well under an interval."""
+    import numpy as np
+
+    from imae.campaign.collect import compact_items
+
+    rng = np.random.default_rng(0)
+    sst = rng.uniform(0.5, 90, 5000).astype(np.float32)
+    sse = (sst * rng.uniform(0.2, 1.0, (10, 5000))).astype(np.float32)
+    big = rng.uniform(1e4, 7e4, 5000).astype(np.float32)        # over float16's range: stays float32
+    tiny = np.array([0.0, 1e-6, 0.5], dtype=np.float32)          # a subnormal would lose digits: stays float32
+    pairs = rng.integers(0, 10_000, 5000)
+    path = tmp_path / "separability_items.npz"
+    np.savez_compressed(path, **{"mean/sub/sse": sse, "mean/sub/sst": sst, "no_refit/sub/sse": big,
+                                 "mean/clean/sse": tiny, "pairs_a": pairs, "no_refit/sub/centred_cosine": sse})
+    report = compact_items(path)
+    assert report["after"] < report["before"]
+    assert sorted(report["kept_float32"]) == ["mean/clean/sse", "no_refit/sub/sse"]
+    with np.load(path) as z:
+        assert "no_refit/sub/centred_cosine" not in z.files
+        assert z["mean/sub/sse"].dtype == np.float16 and z["no_refit/sub/sse"].dtype == np.float32
+        np.testing.assert_array_equal(z["pairs_a"], pairs)
+        np.testing.assert_array_equal(z["mean/clean/sse"], tiny)
+        r2 = 1 - z["mean/sub/sse"].astype(np.float64).sum(-1) / z["mean/sub/sst"].astype(np.float64).sum()
+    exact = 1 - sse.astype(np.float64).sum(-1) / sst.astype(np.float64).sum()
+    assert np.abs(r2 - exact).max() < 1e-4
+    assert np.abs(r2 - exact).max() > 0  # it did round: the test is not comparing a file with itself
+
+
+def test_stored_campaign_items_load_as_float32():
+    """The committed campaign results: every per-item float array reads back as float32 through the
+    notebooks' loader, and the compact storage holds."""
+    import numpy as np
+
+    from imae.experiments import load_result
+
+    folders = sorted((REPO / "campaign" / "cifar" / "results").glob("*/evals/*"))
+    if not folders:
+        pytest.skip("no campaign results committed yet")
+    for folder in folders:
+        for js in folder.glob("*.json"):
+            result = load_result(js)
+            for name, a in (result.get("items") or {}).items():
+                assert a.dtype != np.float16, (js, name)
+    for npz in (REPO / "campaign" / "cifar" / "results").rglob("*_items.npz"):
+        with np.load(npz) as z:
+            assert not any(k.endswith("/centred_cosine") for k in z.files), npz
