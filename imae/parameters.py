@@ -18,7 +18,7 @@ PARAMETER_TYPES = {
     "same_prob": float, "overrides": dict, "alphas": list, "n_pairs": Optional[int], "n_train": Optional[int],
     "n_test": Optional[int], "finetune_epochs": int, "same_probs": list, "seed": int, "mask_ratio": Optional[float],
     "n_examples": int, "ablation_epochs": Optional[int], "max_images": Optional[int], "pool": str,
-    "seeds": list,
+    "seeds": list, "campaign_dir": Optional[str],
 }
 
 

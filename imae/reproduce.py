@@ -27,11 +27,13 @@ import yaml
 
 from .errors import ImaeError
 
-NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations", "findings")
+NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations", "paper_scale",
+             "findings")
 CHAPTERS = NOTEBOOKS[:-1]  # the findings page summarises the others and trains nothing
 CHAPTER_TITLES = {"pretrain": "Pretraining", "reconstruction": "Two-way reconstruction",
                   "separability": "Linear separability", "semantics": "Degree of semantics",
-                  "classification": "Classification", "ablations": "Ablations", "findings": "Findings"}
+                  "classification": "Classification", "ablations": "Ablations",
+                  "paper_scale": "Paper scale (GPU campaign)", "findings": "Findings"}
 
 
 def repo_root() -> Path:
@@ -193,11 +195,15 @@ def write_performance(book_dir: Path) -> Path:
     ``cpu_edition_*.json`` from benchmarks/cpu_edition.py, ``reproduce_*.json`` from ``make reproduce``; a
     ``from_scratch`` entry in the latter records a run that started from an empty cache)."""
     parts = []
-    for f in sorted((book_dir / "results").glob("throughput_*.json")):
+    # The GPU campaign's throughput stage writes the same benchmark's JSON (campaign/<preset>/results/throughput).
+    campaign = sorted(book_dir.resolve().parent.glob("campaign/*/results/throughput/throughput.json"))
+    for f in [*sorted((book_dir / "results").glob("throughput_*.json")), *campaign]:
         r = json.loads(f.read_text())
+        source = (f"results/{f.name}" if f.parent == book_dir / "results"
+                  else f.resolve().relative_to(book_dir.resolve().parent).as_posix() + ", measured in a GPU campaign window")
         parts += [f"**{r['preset']} preset on {r['device']}** ({r['device_type']}, torch {r['torch']}, "
                   f"{r.get('threads', '?')} CPU threads, {r.get('data', 'synthetic')} data; MFU against "
-                  f"{r['peak_tflops']:.3g} TFLOP/s, {r['peak_source']}; source `results/{f.name}`)", "",
+                  f"{r['peak_tflops']:.3g} TFLOP/s, {r['peak_source']}; source `{source}`)", "",
                   "| method | path | batch | images/s | × faithful | GFLOP / image-step | MFU | peak memory (MB) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for row in r["rows"]:

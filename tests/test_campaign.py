@@ -25,7 +25,8 @@ from imae.campaign.collect import collect
 from imae.campaign.manifest import CampaignError, Manifest, merge
 from imae.campaign.packing import (MAX_BYTES, MAX_FILES, Packer, PackingError, check_folder, clear_previous_output,
                                    safe_extract)
-from imae.campaign.planner import Measured, decide_compile, eval_seconds, plan_epochs, share_of, warmup_for
+from imae.campaign.planner import (Measured, decide_compile, eval_fits, eval_seconds, plan_epochs, share_of,
+                                   warmup_for)
 from imae.campaign.runner import CampaignConfig, run_campaign
 from imae.campaign.steps import throughput_args
 from imae.campaign.watchdog import Clock, DeadlineReached, Watchdog
@@ -474,6 +475,21 @@ def test_planner_arithmetic():
     assert eval_seconds("knn", {}, m, 1000, 100, observed=[5.0]) == pytest.approx(6.0)
 
 
+def test_eval_estimate_counts_the_classifier_fits():
+    """Semantics is 42 linear-classifier fits (2 pools x (2 targets x 10 alphas + the clean probe)): on an H200
+    its forwards took ~5 s of 104 s, which a forwards-only estimate (8.6 s) missed."""
+    assert eval_fits("semantics", {}) == 42 and eval_fits("linear-probe", {}) == 2
+    assert eval_fits("semantics", {"alphas": [0.2], "pools": ["mean"]}) == 3
+    assert eval_fits("knn", {}) == eval_fits("separability", {}) == eval_fits("reconstruction", {}) == 0
+    h200 = Measured(fwd_img_per_s=32661, eval_fixed_s=1.3)  # campaign window 1's smoke measurements
+    options = {"max_images": 10000, "n_pairs": 5000, "batch_size": 1024}
+    semantics = eval_seconds("semantics", options, h200, 50000, 10000)
+    assert 90 < semantics < 130  # measured: 104.5 s and 97.0 s
+    assert semantics == pytest.approx(1.3 + 2 * 120_000 / 32661 + 42 * h200.fit_s)
+    assert 6 < eval_seconds("linear-probe", {"max_images": 10000}, h200, 50000, 10000) < 12  # measured 7.6-8.1 s
+    assert eval_seconds("semantics", options, h200, 50000, 10000, observed=[40.0]) == pytest.approx(48.0)
+
+
 def test_compile_decision():
     assert decide_compile("auto", "cpu", 1e6, eager_rate=1)[0] is False
     assert decide_compile("on", "cpu", 1, eager_rate=1)[0] is True
@@ -591,3 +607,39 @@ def test_stored_campaign_items_load_as_float32():
     for npz in (REPO / "campaign" / "cifar" / "results").rglob("*_items.npz"):
         with np.load(npz) as z:
             assert not any(k.endswith("/centred_cosine") for k in z.files), npz
+
+
+def test_stored_results_read_back_for_the_book(repo):
+    """imae.campaign.results reads a collected campaign: stages, evaluations shaped for imae.comparison,
+    training curves, what is pending; a folder without a manifest is an error naming the fix."""
+    from imae import comparison as cmp
+    from imae.campaign.results import load_campaign
+    from imae.errors import ImaeError
+
+    camp = load_campaign("tiny", root=repo)
+    table = camp.stage_table().set_index("stage")
+    assert table.loc["mae", "status"] == "done" and table.loc["imae", "epochs"] == "imae 2"
+    assert camp.epochs("mae") == {"mae": 2}
+    knn = camp.evaluations("knn")
+    assert set(knn) == {"MAE", "i-MAE", "untrained"}
+    diff = cmp.differences(knn, cmp.accuracy("mean"))
+    assert set(diff) == {"i-MAE − MAE", "MAE − untrained"} and diff["MAE − untrained"].n_seeds == 1
+    assert camp.steady_img_per_s("mae") > 0 and camp.throughput_table() is None
+    pending = [name for name, _ in camp.pending()]
+    assert "mae" not in pending and "imae" not in pending and "throughput" in pending
+    with pytest.raises(ImaeError, match="Fix: run a window"):
+        load_campaign("tiny", root=repo.parent / "nowhere")
+
+
+def test_paper_scale_chapter_renders_from_stored_results(repo, tmp_path):
+    """The book's paper-scale chapter executes on a collected campaign alone (no training, no evaluation)."""
+    from imae.reproduce import run_notebook
+
+    results = tmp_path / "results"
+    out = run_notebook("paper_scale", {"campaign_dir": str(repo), "results_dir": str(results)}, root=REPO,
+                       out_dir=tmp_path, log=lambda *a: None)
+    assert out.is_file()
+    record = json.loads((results / "paper_scale.json").read_text())
+    assert record["preset"] == "tiny" and set(record["runs"]) == {"mae", "imae"}
+    assert set(record["accuracy"]["knn"]["differences"]) == {"i-MAE − MAE", "MAE − untrained"}
+    assert "throughput" in record["pending"] and (results / "paper_scale_pending.csv").is_file()
