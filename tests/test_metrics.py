@@ -110,6 +110,61 @@ def test_linear_classifier_reaches_the_logistic_optimum():
     assert res["train_accuracy"] == pytest.approx(sk.score(xs.numpy(), y.numpy()), abs=0.01)
 
 
+def _fit_problems() -> list[dict]:
+    """Small overlapping-cluster problems (the penalty choice matters), one of them grouped by image."""
+    out = []
+    for seed, (n, d, c) in enumerate([(240, 8, 4), (300, 12, 5), (200, 6, 3), (260, 10, 4)]):
+        x, y, xt, yt = _blobs(n, 80, d, c, seed=seed, spread=0.8)
+        out.append(dict(x_train=x, y_train=y, x_test=xt, y_test=yt, seed=seed))
+    out[2]["groups"] = torch.stack([torch.arange(200) // 2, torch.arange(200) % 7 + 100], dim=1)
+    return out
+
+
+def _same_fit(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in ("accuracy", "train_accuracy", "weight_decay", "val_accuracy", "n_train", "n_test", "n_val"):
+        assert a[k] == b[k], k
+    assert np.array_equal(a["correct"], b["correct"])
+    if "probs" in a:
+        np.testing.assert_allclose(a["probs"], b["probs"], rtol=0, atol=1e-6)
+
+
+def test_linear_classifiers_threaded_is_the_sequential_fits(monkeypatch):
+    """The concurrent path (forced on the CPU here; CUDA's default) returns what one call after the other does,
+    in order; on the CPU the default is those sequential calls themselves."""
+    from imae.metrics import probes
+    from imae.metrics.probes import linear_classifiers
+
+    problems = _fit_problems()
+    direct = [linear_classifier(**p, return_probs=True) for p in problems]
+    threaded = linear_classifiers(problems, parallel=3, return_probs=True)
+    assert len(threaded) == len(problems)
+    for a, b in zip(direct, threaded):
+        _same_fit(a, b)
+    assert len({r["weight_decay"] for r in direct}) > 1 or len({r["accuracy"] for r in direct}) > 1  # not all alike
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("the CPU default must not use worker threads")
+
+    monkeypatch.setattr(probes, "_threaded", no_threads)
+    for a, b in zip(direct[:2], linear_classifiers(problems[:2], return_probs=True)):
+        _same_fit(a, b)
+    assert linear_classifiers([], parallel=4) == []
+
+
+def test_linear_classifiers_raise_a_failing_problem():
+    problems = _fit_problems()[:3]
+    problems[1] = dict(problems[1], x_train=problems[1]["x_train"][:2], y_train=problems[1]["y_train"][:2])
+    from imae.metrics.probes import linear_classifiers
+
+    for parallel in (1, 3):
+        with pytest.raises(ConfigError, match="cannot choose a penalty"):
+            linear_classifiers(problems, parallel=parallel)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="parallel"):
+            linear_classifiers(problems, parallel=bad)
+
+
 # ------------------------------------------------------------------------------------------ PSNR / SSIM
 def test_psnr_cap_and_known_noise():
     x = torch.full((2, 3, 16, 16), 0.5)
@@ -713,6 +768,13 @@ def test_classifiers_run_on_cuda():
     x, y, _, _ = _blobs(400, 1, 8, 4, seed=0)
     assert linear_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
     assert knn_classifier(x, y, x, y, device="cuda")["accuracy"] > 0.99
+    from imae.metrics.probes import linear_classifiers
+
+    problems = _fit_problems()  # CPU inputs for some fits, inputs already on the GPU for the others
+    problems[1] = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in problems[1].items()}
+    sequential = linear_classifiers(problems, parallel=1, device="cuda", return_probs=True)
+    for a, b in zip(sequential, linear_classifiers(problems, device="cuda", return_probs=True)):  # threads, streams
+        _same_fit(a, b)
 
 
 def test_psnr_masked_scores_only_the_removed_pixels():

@@ -5,7 +5,8 @@ Pure functions of numbers, so they are tested without training anything:
 * :func:`plan_epochs`: the most epochs that fit ``time_s`` at ``rate`` images/s after the stage's fixed cost,
   with a safety factor, capped by the preset's epochs; None when fewer than ``min_epochs`` fit.
 * :func:`warmup_for`: the preset's warmup as the same fraction of the (shorter) schedule.
-* :func:`train_seconds` / :func:`eval_seconds`: what a planned stage is expected to take.
+* :func:`train_seconds` / :func:`eval_seconds`: what a planned stage is expected to take (an evaluation: its
+  encoder forwards, plus its linear-classifier fits, :func:`eval_fits`, at :data:`PRIOR_FIT_S` each).
 * :func:`decide_compile`: ``torch.compile`` only where its measured (or prior) compile time is paid back
   within the time the method trains in this window.
 """
@@ -19,6 +20,12 @@ SAFETY = 0.9  # plan at 90 % of the measured rate
 EVAL_SAFETY = 2.0  # an evaluation's forward count / forward rate, times this
 PRIOR_COMPILE_S = 45.0  # torch.compile of forward + backward, ViT-T/2 on an H100/H200 (benchmarks; a prior)
 PRIOR_COMPILE_SPEEDUP = 1.4  # SPEC: official i-MAE bf16 6,935 -> compiled 10,195 img/s (1.47x)
+# One linear_classifier fit (9 penalties + refit, L-BFGS) on 5k-10k rows x 192 features, 10 classes: latency-bound
+# on a GPU, about the same for every model. Measured on an H200 with the fits one after the other (campaign window
+# 1): semantics 104.5 s and 97.0 s for 42 fits + ~5 s of forwards and loading; linear-probe 7.6-8.1 s for 2 fits +
+# ~3 s of features (knn: 2.9-3.3 s), i.e. ~2.3 s a fit. Since the fits run concurrently on CUDA
+# (probes.linear_classifiers) this is an upper bound until an observed evaluation of the kind replaces it.
+PRIOR_FIT_S = 2.3
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Measured:
     fwd_img_per_s: float = 0.0  # unmasked encoder forwards (evaluation)
     eval_fixed_s: float = 1.0  # per evaluation: model and data loading
     export_s: float = 0.5  # fp16 export + archive of one model
+    fit_s: float = PRIOR_FIT_S  # one linear-classifier fit (a prior, not measured by the smoke steps)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else {m: round(x, 3) for m, x in v.items()})
@@ -85,14 +93,28 @@ def eval_forwards(what: str, options: dict, n_train: int, n_test: int, n_classes
     return ntr + nte
 
 
+def eval_fits(what: str, options: dict) -> int:
+    """Linear-classifier fits (:func:`imae.metrics.probes.linear_classifier`) one evaluation makes: one per pool
+    for the linear probe; for the degree of semantics the clean probe's plus one per pool x {sub, dom} x alpha."""
+    from ..metrics.features import DEFAULT_ALPHAS, POOLS
+
+    pools = len(options.get("pools") or POOLS)
+    if what == "linear-probe":
+        return pools
+    if what == "semantics":
+        return pools * (1 + 2 * len(options.get("alphas") or DEFAULT_ALPHAS))
+    return 0
+
+
 def eval_seconds(what: str, options: dict, measured: Measured, n_train: int, n_test: int,
                  observed: list[float] = ()) -> float:
     """Expected wall time of one evaluation: the slowest observed one of the same kind if any, else forwards
-    at the measured rate (with :data:`EVAL_SAFETY`) plus loading."""
+    at the measured rate (with :data:`EVAL_SAFETY`) plus loading plus its classifier fits at ``measured.fit_s``."""
     if observed:
         return max(observed) * 1.2
     fw = eval_forwards(what, options, n_train, n_test)
-    return measured.eval_fixed_s + EVAL_SAFETY * fw / max(measured.fwd_img_per_s, 1e-9)
+    return (measured.eval_fixed_s + EVAL_SAFETY * fw / max(measured.fwd_img_per_s, 1e-9)
+            + eval_fits(what, options) * measured.fit_s)
 
 
 def share_of(time_s: float, weight: float, pending_weights: list[float]) -> float:

@@ -9,6 +9,9 @@
   takes seconds on a CPU and runs on a GPU when the features are there.
   (MAE's probe is BN + linear head trained by SGD for 90 epochs; a well-regularised convex fit on the same
   frozen features gives the linear read-out without a schedule to tune, and standardising is the BN.)
+* :func:`linear_classifiers`: several independent :func:`linear_classifier` fits, concurrently on a CUDA device
+  (one thread and one stream per fit in flight), one after the other on the CPU; the results are those of
+  the sequential calls.
 * :func:`knn_classifier`: the DINO / InstDisc weighted kNN: cosine similarity to the k nearest training
   features, each voting for its class with weight exp(sim / T); k = 20, T = 0.07.
 """
@@ -16,6 +19,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -26,6 +31,7 @@ from .features import POOLS, EvalData, clean_features
 from .ridge import group_split
 
 WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)  # strong -> weak (warm starts)
+MAX_PARALLEL = 8  # fits in flight at once on a CUDA device (linear_classifiers' default there)
 
 
 def _as_device(device) -> torch.device:
@@ -118,11 +124,15 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     val, fit = val.to(dev), fit.to(dev)
     w = torch.zeros(x_train.shape[1], c, device=dev, requires_grad=True)
     b = torch.zeros(c, device=dev, requires_grad=True)
-    val_acc, states = {}, {}
-    for wd in sorted(weight_decays, reverse=True):
-        _lbfgs_fit(x_train[fit], y_train[fit], w, b, wd, max_iter)
-        val_acc[wd] = _accuracy(x_train[val], y_train[val], w, b)
+    x_fit, y_fit, x_val, y_val = x_train[fit], y_train[fit], x_train[val], y_train[val]  # gathered once
+    grid = sorted(weight_decays, reverse=True)
+    hits, states = [], {}
+    for wd in grid:
+        _lbfgs_fit(x_fit, y_fit, w, b, wd, max_iter)
+        with torch.no_grad():  # kept on the device: one host sync for the whole grid, after it
+            hits.append(((x_val @ w + b).argmax(dim=1) == y_val).float().mean())
         states[wd] = (w.detach().clone(), b.detach().clone())
+    val_acc = dict(zip(grid, torch.stack(hits).tolist()))  # float32 -> float exactly, as float() per penalty
     # Ties go to the strongest penalty: the simplest classifier that does as well.
     best = max(val_acc, key=lambda k: (val_acc[k], k))
     with torch.no_grad():
@@ -139,6 +149,94 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     if return_probs:
         out["probs"] = logits.softmax(dim=1).float().cpu().numpy()
     return out
+
+
+def linear_classifiers(problems: Sequence[dict], *, parallel: int | None = None, **common) -> list[dict]:
+    """Several independent :func:`linear_classifier` fits: ``[linear_classifier(**common, **p) for p in problems]``
+    (a problem's keys win over ``common``'s), with the same results in the same order.
+
+    Each fit is a few hundred closures of a dozen small kernels, and torch's L-BFGS reads a number back to the
+    host several times per closure: on a GPU a small fit is bound by launch and synchronisation latency, not
+    by arithmetic, and one fit at a time leaves the device idle. So on CUDA up to ``parallel`` fits run at
+    once, each in a worker thread with its own stream: one fit's host syncs wait only for its own kernels, and
+    while a thread waits in ``float()`` / ``bool()`` of a tensor or in a kernel launch, torch has released the
+    GIL and the other threads go on. (Not all waits release it: L-BFGS's two-loop recursion passes 0-dim
+    tensors as ``alpha=``, which torch's argument parser turns into numbers with the GIL held; those waits
+    stay serial and bound the gain.) Every fit still runs the same kernels in the same order on the same
+    data, so it returns what the sequential call returns; only the wall time changes.
+
+    Args:
+        problems: keyword arguments of :func:`linear_classifier`, one dict per fit.
+        parallel: fits in flight at once. None (default): :data:`MAX_PARALLEL` when a fit runs on a CUDA device,
+            else 1: one after the other, exactly the sequential calls (on the CPU, worker threads would only
+            compete with torch's own intra-op threads). An integer is honoured on any device (on the CPU the
+            threads are meant for tests of this path); 1 is sequential.
+        common: keyword arguments shared by every problem.
+    Returns:
+        One :func:`linear_classifier` result per problem, in order. A failing problem raises its error (the first
+        failing one in order; fits not yet started are cancelled).
+    """
+    calls = [{**common, **p} for p in problems]
+    if parallel is None:
+        parallel = MAX_PARALLEL if any(_as_device(kw.get("device")).type == "cuda" for kw in calls) else 1
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"linear_classifiers: parallel={parallel!r} must be a positive integer or None")
+    workers = min(parallel, len(calls))
+    if workers <= 1:
+        return [linear_classifier(**kw) for kw in calls]
+    return _threaded(calls, workers)
+
+
+def _threaded(calls: list[dict], workers: int) -> list[dict]:
+    """:func:`linear_classifiers`' concurrent path: a thread pool, one CUDA stream per worker and device."""
+    devices = [_as_device(kw.get("device")) for kw in calls]
+    # "cuda" means the caller's current GPU; a worker thread's current GPU is its own (GPU 0), so name it.
+    devices = [torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+               for d in devices]
+    # Inputs the caller made on a GPU were queued on its current stream: each worker stream waits for that.
+    ready = {}
+    for d in set(devices):
+        if d.type == "cuda":
+            ready[d] = torch.cuda.Event()
+            ready[d].record(torch.cuda.current_stream(d))
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()  # thread-local state, as in the caller
+    local = threading.local()
+
+    def run(kw: dict, dev: torch.device) -> dict:
+        torch.set_num_threads(threads)  # per thread under OpenMP: a new thread starts from the default
+        with torch.set_grad_enabled(grad):
+            if dev.type != "cuda":
+                return linear_classifier(**kw)
+            streams = local.__dict__.setdefault("streams", {})
+            if dev not in streams:
+                streams[dev] = torch.cuda.Stream(device=dev)
+            stream = streams[dev]
+            stream.wait_event(ready[dev])
+            try:
+                with torch.cuda.device(dev), torch.cuda.stream(stream):
+                    return linear_classifier(**kw)
+            finally:
+                # The results are on the host already; this also makes sure no kernel of this stream still
+                # reads the caller's tensors when they are freed and their memory reused on its stream.
+                stream.synchronize()
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="linear-classifier") as pool:
+            futures = [pool.submit(run, kw, dev) for kw, dev in zip(calls, devices)]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)  # where the thread count is process-wide, the workers' changes undone
+
+
+def _probe_calls(train: dict, test: dict, data: EvalData, pools: Sequence[str], **options) -> list[dict]:
+    """:func:`linear_probe`'s fits as :func:`linear_classifiers` problems, one per pool."""
+    return [dict(x_train=train[p], y_train=data.train.labels, x_test=test[p], y_test=data.test.labels,
+                 num_classes=data.train.num_classes, **options) for p in pools]
 
 
 @torch.no_grad()
@@ -190,12 +288,13 @@ def linear_probe(encoder, data: EvalData, *, pools: Sequence[str] = POOLS, batch
                  features: tuple[dict, dict] | None = None) -> dict:
     """Linear-probe accuracy of a frozen encoder on clean images, per pooling: {pool: linear_classifier(...)}.
 
-    ``features`` = (train, test) from :func:`clean_split_features` skips the extraction.
+    ``features`` = (train, test) from :func:`clean_split_features` skips the extraction. The pools' fits run
+    through :func:`linear_classifiers` (concurrently on CUDA).
     """
     train, test = features or clean_split_features(encoder, data, batch_size=batch_size, device=device, pools=pools)
-    return {p: linear_classifier(train[p], data.train.labels, test[p], data.test.labels,
-                                 num_classes=data.train.num_classes, weight_decays=weight_decays,
-                                 max_iter=max_iter, seed=seed, device=device) for p in pools}
+    calls = _probe_calls(train, test, data, pools, weight_decays=weight_decays, max_iter=max_iter, seed=seed,
+                         device=device)
+    return dict(zip(pools, linear_classifiers(calls)))
 
 
 def knn(encoder, data: EvalData, *, pools: Sequence[str] = POOLS, k: int = 20, temperature: float = 0.07,

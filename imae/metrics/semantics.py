@@ -38,7 +38,7 @@ import torch
 
 from .features import DEFAULT_ALPHAS, POOLS, EvalData, check_alphas, make_pairs, mixture_features
 from .loading import LoadedModel
-from .probes import WEIGHT_DECAYS, linear_classifier, linear_probe
+from .probes import WEIGHT_DECAYS, _probe_calls, clean_split_features, linear_classifiers
 
 
 def chance_level(num_classes: int, pairing: str) -> float:
@@ -81,7 +81,8 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
         pairing: ``different`` (default), ``same`` or ``random``.
         pools: image-level features (``cls``, ``mean``).
         seed: pairs (train: seed, test: seed + 1) and the classifiers' validation split.
-        batch_size, device: feature extraction and classifier fitting.
+        batch_size, device: feature extraction and classifier fitting (the classifiers are independent fits:
+            on CUDA they run concurrently, see :func:`~imae.metrics.probes.linear_classifiers`).
         weight_decays, max_iter: the classifier's penalty grid and L-BFGS iterations.
     Returns:
         ``alphas``, ``clean_accuracy`` {pool: clean linear-probe accuracy}, ``accuracy`` / ``ratio`` /
@@ -91,16 +92,23 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
     """
     alphas = check_alphas(alphas)
     kw = dict(batch_size=batch_size, device=device, pools=pools)
-    clf = dict(num_classes=data.train.num_classes, weight_decays=weight_decays, max_iter=max_iter, seed=seed,
-               device=device, return_probs=True)
+    fit_options = dict(weight_decays=weight_decays, max_iter=max_iter, seed=seed, device=device)
     pairs = {"train": make_pairs(data.train.labels, n_pairs, pairing=pairing, seed=seed),
              "test": make_pairs(data.test.labels, n_pairs, pairing=pairing, seed=seed + 1)}
     split = {"train": data.train, "test": data.test}
     feats = {s: mixture_features(model.mae, split[s], pairs[s], alphas, **kw) for s in split}
     labels = {s: {"sub": split[s].labels[pairs[s].a], "dom": split[s].labels[pairs[s].b]} for s in split}
     groups = torch.stack([pairs["train"].a, pairs["train"].b], dim=1)  # validation split grouped by image
-    clean = linear_probe(model.mae, data, pools=pools, batch_size=batch_size, device=device, seed=seed,
-                         weight_decays=weight_decays, max_iter=max_iter)
+    # Every classifier at once (the clean probe's, as linear_probe fits them, then one per pool x target x
+    # alpha): independent fits, which linear_classifiers runs concurrently on CUDA with unchanged results.
+    clean_train, clean_test = clean_split_features(model.mae, data, **kw)
+    order = [(p, target, k) for p in pools for target in ("sub", "dom") for k in range(len(alphas))]
+    mixed = [dict(x_train=feats["train"][p][k], y_train=labels["train"][target], x_test=feats["test"][p][k],
+                  y_test=labels["test"][target], groups=groups, num_classes=data.train.num_classes,
+                  return_probs=True) for p, target, k in order]
+    fits = linear_classifiers(_probe_calls(clean_train, clean_test, data, pools) + mixed, **fit_options)
+    clean = dict(zip(pools, fits[:len(pools)]))
+    fitted = dict(zip(order, fits[len(pools):]))
     acc, ratio, wd, set_acc = {}, {}, {}, {}
     items: dict[str, np.ndarray] = {"pairs_a": pairs["test"].a.numpy().astype(np.int64),
                                     "pairs_b": pairs["test"].b.numpy().astype(np.int64)}
@@ -108,9 +116,7 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
         acc[p], ratio[p], wd[p] = {}, {}, {}
         runs = {}
         for target in ("sub", "dom"):
-            runs[target] = [linear_classifier(feats["train"][p][k], labels["train"][target], feats["test"][p][k],
-                                              labels["test"][target], groups=groups, **clf)
-                            for k in range(len(alphas))]
+            runs[target] = [fitted[p, target, k] for k in range(len(alphas))]
             acc[p][target] = [r["accuracy"] for r in runs[target]]
             wd[p][target] = [r["weight_decay"] for r in runs[target]]
             base = clean[p]["accuracy"]
