@@ -154,7 +154,9 @@ def load_result(result_file: str | os.PathLike) -> dict:
             examples: dict = {}
             for key in z.files:
                 alpha, name = key.split("/", 1)
-                examples.setdefault(float(alpha[len("alpha"):]), {})[name] = z[key]
+                arr = z[key]  # float16: the campaign's compact storage of example images
+                examples.setdefault(float(alpha[len("alpha"):]), {})[name] = (arr.astype(np.float32)
+                                                                              if arr.dtype == np.float16 else arr)
         result["examples"] = examples
     if result.get("items_file"):
         import numpy as np

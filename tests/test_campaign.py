@@ -587,6 +587,15 @@ def test_compact_items_keeps_the_metrics(tmp_path):
     exact = 1 - sse.astype(np.float64).sum(-1) / sst.astype(np.float64).sum()
     assert np.abs(r2 - exact).max() < 1e-4
     assert np.abs(r2 - exact).max() > 0  # it did round: the test is not comparing a file with itself
+    # Example images (display only): tiny values do not keep an image in float32.
+    img = rng.uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    img[0, 0, 0, 0] = 3e-8
+    ex = tmp_path / "reconstruction_examples.npz"
+    np.savez_compressed(ex, **{"alpha0.3/x_sub": img})
+    assert compact_items(ex, display=True)["kept_float32"] == []
+    with np.load(ex) as z:
+        assert z["alpha0.3/x_sub"].dtype == np.float16
+        assert np.abs(z["alpha0.3/x_sub"].astype(np.float32) - img).max() < 5e-4
 
 
 def test_stored_campaign_items_load_as_float32():

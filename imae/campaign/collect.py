@@ -128,12 +128,14 @@ F16_MAX = 60_000.0  # below float16's largest finite value (65,504), with room f
 UNREAD_ITEMS = ("/centred_cosine",)
 
 
-def compact_items(path: str | os.PathLike) -> dict:
+def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
     """Store an evaluation's per-item arrays compactly for committing: float32 arrays become float16 where every
     value fits (finite, |x| < 60,000, and no nonzero |x| under float16's smallest normal, 6.1e-5); the others
     stay float32, and integer arrays stay as they are. float16 keeps 11 significant
     bits (relative rounding <= 4.9e-4 per item), which moves a bootstrap interval over thousands of items by
-    about 1e-5: far below its width. Arrays no metric reads (``UNREAD_ITEMS``) are dropped. The arrays load back as float32 (:func:`imae.experiments.cached_evaluation`).
+    about 1e-5: far below its width. Arrays no metric reads (``UNREAD_ITEMS``) are dropped. ``display``
+    (example images, ``*_examples.npz``, which only figures show): float16 wherever the values are finite and
+    in range, tiny values included (an absolute error under 1e-7 of a pixel in [0, 1]). The arrays load back as float32 (:func:`imae.experiments.cached_evaluation`).
 
     Returns {"before": bytes, "after": bytes, "kept_float32": [names]}. The file is replaced atomically."""
     import numpy as np
@@ -148,7 +150,7 @@ def compact_items(path: str | os.PathLike) -> dict:
             continue
         if a.dtype == np.float32:
             nz = np.abs(a[a != 0])
-            ok = bool(np.isfinite(a).all()) and (nz.size == 0 or (nz.max() < F16_MAX and nz.min() >= 6.11e-5))
+            ok = bool(np.isfinite(a).all()) and (nz.size == 0 or (nz.max() < F16_MAX and (display or nz.min() >= 6.11e-5)))
             out[k] = a.astype(np.float16) if ok else a
             if not ok:
                 kept.append(k)
@@ -178,6 +180,8 @@ def _place(stage_dir: Path, dest: Path, rec: dict) -> None:
         shutil.copyfile(p, target)
         if target.name.endswith("_items.npz"):
             compact_items(target)
+        elif target.name.endswith("_examples.npz"):
+            compact_items(target, display=True)
     for card in sorted((dest / "weights").glob("*.json")) if (stage_dir / "weights").is_dir() else []:
         if (stage_dir / "weights" / card.name).is_file():
             verify(card)
