@@ -652,3 +652,21 @@ def test_paper_scale_chapter_renders_from_stored_results(repo, tmp_path):
     assert record["preset"] == "tiny" and set(record["runs"]) == {"mae", "imae"}
     assert set(record["accuracy"]["knn"]["differences"]) == {"i-MAE − MAE", "MAE − untrained"}
     assert "throughput" in record["pending"] and (results / "paper_scale_pending.csv").is_file()
+
+
+def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):
+    """Each CPU-edition chapter's paper-scale box: a sentence from the intervals and a table where the campaign
+    has results, the pending stage named where it has none, and no campaign at all said plainly."""
+    from imae.campaign.results import chapter_summary
+
+    text, table = chapter_summary("classification", preset="tiny", root=repo)
+    assert "linear probe" in text and "95 % CI" in text and "untrained encoder" in text
+    assert list(table.index) == ["MAE", "i-MAE", "untrained"] and "kNN top-1 %" in table.columns
+    text, table = chapter_summary("separability", preset="tiny", root=repo)
+    assert "clean ceiling" in text and list(table.columns) == ["MAE", "i-MAE", "untrained"]
+    text, table = chapter_summary("pretrain", preset="tiny", root=repo)
+    assert "fell" in text and list(table.index) == ["MAE", "i-MAE"]
+    text, _ = chapter_summary("ablations", preset="tiny", root=repo)
+    assert "ablation-mask-ratio-0.5" in text and text.startswith("No paper-scale results yet")
+    text, table = chapter_summary("separability", preset="tiny", root=tmp_path)
+    assert text == "No GPU campaign results are stored yet" and len(table) == 1

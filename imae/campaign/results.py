@@ -129,6 +129,84 @@ class CampaignResults:
         return float(df["img_per_s"].iloc[len(df) // 2:].median())
 
 
+# Which campaign stage each chapter waits for, where it has no paper-scale results yet.
+CHAPTER_STAGES = {"pretrain": "mae", "reconstruction": "eval", "separability": "eval", "semantics": "eval",
+                  "classification": "eval", "ablations": "ablation-mask-ratio-0.5"}
+
+
+def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathLike | None = None,
+                    pool: str = "mean") -> tuple[str, pd.DataFrame]:
+    """What a CPU-edition chapter shows at its top about the same measurement at paper scale: a sentence
+    generated from the intervals and a table (``chapter``: pretrain, separability, semantics, classification;
+    others, and any chapter whose results have not come back, get a sentence naming the pending stage and a
+    one-row table saying so). Reads the stored campaign only."""
+    from .. import comparison as cmp
+    from .. import stats
+
+    def pending(why: str) -> tuple[str, pd.DataFrame]:
+        return why, pd.DataFrame({"status": [why]}, index=pd.Index(["paper scale"], name="scale"))
+
+    try:
+        camp = load_campaign(preset, root)
+    except ImaeError:
+        return pending("No GPU campaign results are stored yet")
+    ep = {**camp.epochs("mae"), **camp.epochs("imae")}
+    scale = (f"ViT-Tiny/2 on all of CIFAR-10, MAE {ep.get('mae', '?')} + i-MAE {ep.get('imae', '?')} epochs, "
+             f"one training seed, {', '.join(camp.devices())}")
+    wait = f"the campaign's `{CHAPTER_STAGES.get(chapter, 'eval')}` stage has not produced them yet"
+    if chapter == "pretrain" and camp.done("mae"):
+        from ..plotdata import loss_summary
+
+        rows = {}
+        for stage, label in (("mae", "MAE"), ("imae", "i-MAE")):
+            if camp.done(stage):
+                df = loss_summary(camp.run_dir(stage))
+                rows[label] = {"epochs": ep.get(stage), "loss, first epoch": df.loc["loss", "first epoch"],
+                               "loss, last epoch": df.loc["loss", "last epoch"],
+                               "img/s after compile": camp.steady_img_per_s(stage)}
+        table = pd.DataFrame(rows).T.rename_axis("model")
+        fell = all(r["loss, last epoch"] < r["loss, first epoch"] for r in rows.values())
+        text = (f"At paper scale ({scale}) the total loss of {' and '.join(rows)} "
+                f"{'fell' if fell else 'did not fall everywhere'} from the first epoch to the last")
+        return text, table
+    if chapter == "classification":
+        res = {w: camp.evaluations(w) for w in ("knn", "linear-probe")}
+        if not all(res.values()):
+            return pending(f"No paper-scale results yet: {wait}")
+        rows, diffs = {}, {}
+        for what, name in (("knn", "kNN"), ("linear-probe", "linear probe")):
+            for label, e in cmp.estimates(res[what], cmp.accuracy(pool)).items():
+                m, lo, hi = cmp.at(e)
+                rows.setdefault(label, {})[f"{name} top-1 %"] = stats.fmt_ci(100 * m, 100 * lo, 100 * hi, ".1f")
+            diffs[what] = cmp.differences(res[what], cmp.accuracy(pool))
+        kw = dict(scale=100, unit=" points", fmt=".1f")
+        text = (f"At paper scale ({scale}), on the linear probe "
+                f"{stats.compare_text('the trained MAE', 'the untrained encoder', diffs['linear-probe']['MAE − untrained'], **kw)}, "
+                f"and {stats.compare_text('i-MAE', 'the MAE', diffs['linear-probe']['i-MAE − MAE'], **kw)}; on kNN "
+                f"{stats.compare_text('i-MAE', 'the MAE', diffs['knn']['i-MAE − MAE'], **kw)}")
+        return text, pd.DataFrame(rows).T.rename_axis("model")
+    if chapter in ("separability", "semantics"):
+        what = chapter
+        res = camp.evaluations(what)
+        if "MAE" not in res or "i-MAE" not in res:
+            return pending(f"No paper-scale results yet: {wait}")
+        alphas = res["MAE"][0]["alphas"]
+        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
+        table = cmp.wide(cmp.frame(cmp.estimates(res, metric), index=alphas))
+        d = cmp.differences(res, metric)
+        name = ("the subordinate's R² over each model's clean ceiling" if what == "separability"
+                else "the subordinate's class accuracy")
+        text = (f"At paper scale ({scale}), on {name} at α = {alphas[k]}, "
+                f"{stats.compare_text('i-MAE', 'the MAE', d['i-MAE − MAE'], index=k)}")
+        if "MAE − untrained" in d:
+            text += f", and {stats.compare_text('the MAE', 'the untrained encoder', d['MAE − untrained'], index=k)}"
+        else:
+            text += " (the untrained control is not evaluated yet)"
+        return text, table
+    return pending(f"No paper-scale results yet: {wait}")
+
+
 def load_campaign(preset: str = "cifar", root: str | os.PathLike | None = None) -> CampaignResults:
     """Open ``<root>/campaign/<preset>`` (root: the repository; a path to a campaign folder also works)."""
     base = Path(root) if root is not None else repo_root()
@@ -136,4 +214,4 @@ def load_campaign(preset: str = "cifar", root: str | os.PathLike | None = None) 
     return CampaignResults(folder)
 
 
-__all__ = ["CampaignResults", "LABELS", "load_campaign"]
+__all__ = ["CHAPTER_STAGES", "CampaignResults", "LABELS", "chapter_summary", "load_campaign"]
