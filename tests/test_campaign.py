@@ -670,3 +670,21 @@ def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):
     assert "ablation-mask-ratio-0.5" in text and text.startswith("No paper-scale results yet")
     text, table = chapter_summary("separability", preset="tiny", root=tmp_path)
     assert text == "No GPU campaign results are stored yet" and len(table) == 1
+
+
+def test_two_windows_begun_from_one_manifest_keep_both_logs(window1, tmp_path):
+    """Two GPU calls made before the first one's files were collected both call themselves window 1: the
+    merge renumbers the second, and its log is stored under the merged id, not over the first one's."""
+    dest = tmp_path / "campaign" / "tiny"
+    collect(window1["out"], dest, log=lambda *a: None)
+    second = tmp_path / "second"
+    shutil.copytree(window1["out"], second)
+    m = json.loads((second / "manifest.json").read_text())
+    m["windows"][-1]["started_at"] = "2099-01-01T00:00:00+00:00"  # another call, same id
+    (second / "manifest.json").write_text(json.dumps(m))
+    (second / "campaign.log").write_text("the second window's log\n")
+    collect(second, dest, log=lambda *a: None)
+    merged = json.loads((dest / "manifest.json").read_text())
+    assert [w["id"] for w in merged["windows"]] == [1, 2]
+    assert (dest / "logs" / "window-1.log").read_text() == (window1["out"] / "campaign.log").read_text()
+    assert (dest / "logs" / "window-2.log").read_text() == "the second window's log\n"
