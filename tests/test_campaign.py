@@ -574,12 +574,13 @@ def test_compact_items_keeps_the_metrics(tmp_path):
     pairs = rng.integers(0, 10_000, 5000)
     path = tmp_path / "separability_items.npz"
     np.savez_compressed(path, **{"mean/sub/sse": sse, "mean/sub/sst": sst, "no_refit/sub/sse": big,
-                                 "mean/clean/sse": tiny, "pairs_a": pairs, "no_refit/sub/centred_cosine": sse})
+                                 "mean/clean/sse": tiny, "pairs_a": pairs, "no_refit/sub/centred_cosine": sse,
+                                 "cls/sub/sse": sse})
     report = compact_items(path)
     assert report["after"] < report["before"]
     assert sorted(report["kept_float32"]) == ["mean/clean/sse", "no_refit/sub/sse"]
     with np.load(path) as z:
-        assert "no_refit/sub/centred_cosine" not in z.files
+        assert "no_refit/sub/centred_cosine" not in z.files and "cls/sub/sse" not in z.files
         assert z["mean/sub/sse"].dtype == np.float16 and z["no_refit/sub/sse"].dtype == np.float32
         np.testing.assert_array_equal(z["pairs_a"], pairs)
         np.testing.assert_array_equal(z["mean/clean/sse"], tiny)

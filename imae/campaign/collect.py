@@ -126,6 +126,9 @@ def travel_report(repo: str | os.PathLike, data_bytes: int = DATA_PACK_BYTES) ->
 F16_MAX = 60_000.0  # below float16's largest finite value (65,504), with room for rounding
 # Per-item arrays no metric reads (imae.comparison): the separability JSON keeps their means.
 UNREAD_ITEMS = ("/centred_cosine",)
+# Per-item arrays of the class-token feature: the book reads the mean-pooled one (``pool = "mean"``); the
+# class token's summaries stay in each evaluation's JSON. Dropped to keep a GPU call within its 64 MiB.
+UNCOMMITTED_POOLS = ("cls/",)
 
 
 def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
@@ -133,7 +136,8 @@ def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
     value fits (finite, |x| < 60,000, and no nonzero |x| under float16's smallest normal, 6.1e-5); the others
     stay float32, and integer arrays stay as they are. float16 keeps 11 significant
     bits (relative rounding <= 4.9e-4 per item), which moves a bootstrap interval over thousands of items by
-    about 1e-5: far below its width. Arrays no metric reads (``UNREAD_ITEMS``) are dropped. ``display``
+    about 1e-5: far below its width. Arrays no metric reads (``UNREAD_ITEMS``) are dropped, and so are the
+    class-token pool's (``UNCOMMITTED_POOLS``): the book reads the mean-pooled feature. ``display``
     (example images, ``*_examples.npz``, which only figures show): float16 wherever the values are finite and
     in range, tiny values included (an absolute error under 1e-7 of a pixel in [0, 1]). The arrays load back as float32 (:func:`imae.experiments.cached_evaluation`).
 
@@ -146,7 +150,7 @@ def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
         arrays = {k: z[k] for k in z.files}
     out, kept = {}, []
     for k, a in arrays.items():
-        if k.endswith(UNREAD_ITEMS):
+        if k.endswith(UNREAD_ITEMS) or (not display and k.startswith(UNCOMMITTED_POOLS)):
             continue
         if a.dtype == np.float32:
             nz = np.abs(a[a != 0])
