@@ -790,3 +790,23 @@ def test_psnr_masked_scores_only_the_removed_pixels():
     pred = truth.clone()
     pred[:, :, :4] += 0.1  # a known error on the removed half: MSE 0.01 -> 20 dB
     assert torch.allclose(psnr_masked(pred, truth, mask), torch.full((2,), 20.0, dtype=torch.float64))
+
+
+def test_a_moved_runs_folder_still_finds_the_teacher(imae_run, mae_run, tmp_path):
+    """The runs folder moved as a whole (the i-MAE records its teacher's old absolute path): the default
+    reference is the teacher of the same name beside the i-MAE (then checked by its fingerprint, as a teacher
+    at its recorded path is); with no run of that name beside it, the error still names the fix."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(Path(imae_run), moved / "student")
+    shutil.copytree(Path(mae_run), moved / Path(mae_run).name)
+    m = load_model(moved / "student")
+    m.teacher_path = str(tmp_path / "old-machine" / Path(mae_run).name)  # recorded, no longer there
+    ref = load_reference(m)
+    assert ref.path == moved / Path(mae_run).name / "checkpoint.pt"
+    assert ref.as_teacher == load_model(mae_run).as_teacher
+    m.teacher_path = str(tmp_path / "old-machine" / "elsewhere")  # no run of that name beside it
+    with pytest.raises(ConfigError, match="--reference"):
+        load_reference(m)

@@ -144,6 +144,18 @@ def _load_strict(module: torch.nn.Module, state: dict, source: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def _moved_teacher(student: str | os.PathLike | None, teacher: str) -> Path | None:
+    """Where an i-MAE's teacher is when the folder of runs moved as a whole: the run folder of the recorded
+    name next to the i-MAE's own run folder (``runs/<teacher>`` beside ``runs/<student>``), or None."""
+    if not student:
+        return None
+    rec = Path(teacher)
+    name = rec.parent.name if rec.suffix == ".pt" else rec.name
+    run = Path(student).parent if Path(student).suffix == ".pt" else Path(student)
+    candidate = run.parent / name
+    return candidate if name and checkpoint_path(candidate).is_file() else None
+
+
 def load_reference(model: LoadedModel, reference: str | os.PathLike | LoadedModel | None = None, *,
                    device: str | torch.device = "cpu", expect_fingerprint: str | None = None) -> LoadedModel:
     """The reference encoder the metrics compare against, verified by fingerprint.
@@ -176,9 +188,12 @@ def load_reference(model: LoadedModel, reference: str | os.PathLike | LoadedMode
                 f"the i-MAE {model.path} records no teacher (config imae.teacher is empty), so there is no "
                 f"default reference encoder. Fix: pass reference=PATH (--reference) to an MAE checkpoint")
         if not checkpoint_path(t).is_file():
-            raise ConfigError(
-                f"the i-MAE's teacher {t} (config imae.teacher of {model.path}) was not found. Fix: pass "
-                f"reference=PATH (--reference) pointing at that MAE run directory or checkpoint")
+            moved = _moved_teacher(model.path, t)
+            if moved is None:
+                raise ConfigError(
+                    f"the i-MAE's teacher {t} (config imae.teacher of {model.path}) was not found. Fix: pass "
+                    f"reference=PATH (--reference) pointing at that MAE run directory or checkpoint")
+            t = moved  # the runs folder moved as a whole; the fingerprint check below proves it is the teacher
         ref = load_model(t, model_config=model.config.model, device=device)
         _check_teacher(model, ref)
     if expect_fingerprint is not None and expect_fingerprint not in (ref.fingerprint, ref.as_teacher):
