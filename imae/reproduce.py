@@ -36,6 +36,17 @@ CHAPTER_TITLES = {"pretrain": "Pretraining", "reconstruction": "Two-way reconstr
                   "paper_scale": "Paper scale (GPU campaign)", "findings": "Findings"}
 
 
+# Notebooks that only read stored results (nothing trains): they run on any machine, at any preset.
+STORED_ONLY = ("paper_scale", "findings")
+GPU_PRESETS = ("cifar", "tinyimagenet", "imagenet")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
@@ -324,6 +335,15 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
     # Relative to the repository root, where papermill runs the kernel, so no machine's path is stored.
     results_dir = _relative_to_root(str((book / "results").resolve()), root)
     params = notebook_parameters(preset, root, {"results_dir": results_dir, **(extra or {})})
+    trains = [n for n in names if n not in STORED_ONLY]
+    if trains and preset in GPU_PRESETS and str(params.get("device", "auto")) == "auto" \
+            and not _has_gpu():
+        raise ImaeError(
+            f"the {preset} preset trains ViT-Tiny/2 on all of CIFAR-10, which needs a GPU, and this machine has "
+            f"none (notebooks {trains} would train). Its stored GPU results render on a CPU without training: "
+            f"`make figure NB=paper_scale` (the paper-scale chapter), or `make reproduce PRESET=small` (the CPU "
+            f"edition, every chapter opening with its paper-scale results). To train it anyway on a CPU, pass "
+            f"-p device=cpu")
     timings = {}
     for name in NOTEBOOKS:  # dependency order, whatever order was asked
         if name in names:

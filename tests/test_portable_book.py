@@ -121,3 +121,24 @@ def test_run_notebook_stores_a_scrubbed_notebook(tmp_path):
     assert nb["metadata"]["papermill"]["input_path"] == "experiments/demo.ipynb"
     assert [o.get("name") for o in nb["cells"][-1]["outputs"]] == ["stdout"]
     assert "".join(nb["cells"][-1]["outputs"][0]["text"]).strip() == "book/results"  # ran with cwd = root
+
+
+def test_a_gpu_preset_on_a_cpu_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """`make reproduce PRESET=cifar` on a machine without a GPU says where the stored GPU results render
+    instead of starting days of CPU training; the notebooks that only read stored results still run, and an
+    explicit device=cpu is honoured."""
+    seen = []
+    monkeypatch.setattr(reproduce, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(reproduce, "run_notebook", lambda name, params, **kw: seen.append(name))
+    monkeypatch.setattr(reproduce, "_has_gpu", lambda: False)
+    monkeypatch.setattr(reproduce, "write_timings", lambda *a, **k: None)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "experiments" / "params").mkdir(parents=True)
+    (tmp_path / "experiments" / "params" / "cifar.yaml").write_text("max_images: null\n")
+    with pytest.raises(reproduce.ImaeError, match="make figure NB=paper_scale"):
+        reproduce.reproduce("cifar", build=False)
+    assert seen == []
+    reproduce.reproduce("cifar", only=["paper_scale", "findings"], build=False)
+    assert seen == ["paper_scale", "findings"]
+    reproduce.reproduce("cifar", only=["separability"], extra={"device": "cpu"}, build=False)
+    assert seen[-1] == "separability"
