@@ -144,6 +144,29 @@ def measure(cfg, path: str, arrays, device, args) -> dict:
             "workers": args.workers if path == "faithful" else None, "_stepper": st}
 
 
+def profile_steps(st, device: torch.device, n: int, top: int = 15) -> list[dict]:
+    """Profile ``n`` training steps: the ``top`` operators by self device time (CPU time on a CPU), each with
+    its milliseconds and calls per step and its share of the profiled total: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            st.step()
+        sync(device)
+    events = prof.key_averages()
+
+    def own(e) -> float:  # microseconds; the attribute was renamed across torch versions
+        if device.type == "cuda":
+            return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+        return float(e.self_cpu_time_total)
+
+    total = sum(own(e) for e in events) or 1.0
+    ranked = sorted(events, key=own, reverse=True)[:top]
+    return [{"name": e.key[:160], "ms_per_step": own(e) / 1000 / n, "share": own(e) / total,
+             "calls_per_step": e.count / n} for e in ranked if own(e) > 0]
+
+
 # ----------------------------------------------------------------------------------------- reporting
 def projection(rates: dict, compile_s: float = 0.0) -> dict:
     """Wall time of the CIFAR-10 reproduction at the measured rates: MAE 100 + i-MAE 100 epochs of 50k images.
@@ -193,6 +216,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", help="where --dataset lies")
     p.add_argument("--no-project", action="store_true", help="skip the CIFAR reproduction projection")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing each fast path, profile N more steps and record the kernels that take the "
+                        "most device time (top 15 per path, in the JSON under 'profile')")
     args = p.parse_args(argv)
     if args.compile and "fast+compile" not in args.paths:
         args.paths.append("fast+compile")
@@ -235,6 +261,8 @@ def main(argv=None) -> dict:
                       file=sys.stderr)
             r = measure(cfg, path, arrays, device, args)
             st = r.pop("_stepper")
+            if args.profile and path != "faithful":
+                r["profile"] = profile_steps(st, device, args.profile)
             if flops is None:
                 flops = st.flops_per_image()
             del st

@@ -124,3 +124,17 @@ def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
     write_timings(path, "small", {"pretrain": 90.0, "separability": 40.0})  # a new full run replaces it all
     rec = json.loads(path.read_text())
     assert "from_scratch" not in rec and "figure_s" not in rec and rec["total_s"] == 130.0
+
+
+def test_throughput_profile_names_where_a_step_goes(tmp_path):
+    """--profile N records, per fast path, the operators that take the most time per step, with their shares."""
+    res = throughput.main(["--preset", "tiny", "--batch", "8", "--device", "cpu", "--warmup", "1", "--steps", "1",
+                           "--methods", "mae", "--paths", "faithful", "fast", "--profile", "2", "--no-project",
+                           "--workers", "0", "--out", str(tmp_path / "t.json")])
+    faithful, fast = res["rows"]
+    assert "profile" not in faithful
+    prof = fast["profile"]
+    assert 3 <= len(prof) <= 15 and all(p["ms_per_step"] > 0 and 0 < p["share"] <= 1 for p in prof)
+    assert sum(p["share"] for p in prof) <= 1.0 + 1e-9
+    assert prof == sorted(prof, key=lambda p: -p["ms_per_step"])
+    assert any("addmm" in p["name"] or "linear" in p["name"] or "mm" in p["name"] for p in prof)
