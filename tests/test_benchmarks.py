@@ -138,3 +138,34 @@ def test_throughput_profile_names_where_a_step_goes(tmp_path):
     assert sum(p["share"] for p in prof) <= 1.0 + 1e-9
     assert prof == sorted(prof, key=lambda p: -p["ms_per_step"])
     assert any("addmm" in p["name"] or "linear" in p["name"] or "mm" in p["name"] for p in prof)
+
+
+def test_config_search_scores_each_configuration_against_its_untrained_encoder(toy_root, tmp_path):
+    """benchmarks/config_search.py: one row per configuration with the trained and untrained kNN/probe and the
+    paired gain's interval, the JSON rewritten after each configuration, runs cached for a resumed search."""
+    from benchmarks import config_search
+
+    micro = ["data.download=false", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+             "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
+             "train.batch_size=32", "train.epochs=1"]
+    out = tmp_path / "search.json"
+    argv = ["--preset", "tiny", "--configs", "preset as is", "twice the learning rate", "--data-root",
+            str(toy_root), "--runs-dir", str(tmp_path / "runs"), "--max-images", "100", "--device", "cpu",
+            "--out", str(out), *[a for kv in micro for a in ("--set", kv)]]
+    res = config_search.main(argv)
+    data = json.loads(out.read_text())
+    assert list(data["configs"]) == ["preset as is", "twice the learning rate"] == list(res["configs"])
+    for row in data["configs"].values():
+        for what in ("knn", "linear-probe"):
+            m, lo, hi = row[what]["gain"]
+            assert lo <= m <= hi and 0 <= row[what]["trained"][0] <= 1 and 0 <= row[what]["untrained"][0] <= 1
+        assert row["epochs"] == 1 and row["train_s"] > 0
+    # the two configurations share the untrained control (same architecture) but not the trained run
+    assert data["configs"]["preset as is"]["knn"]["untrained"] == data["configs"]["twice the learning rate"]["knn"]["untrained"]
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    again = config_search.main(argv)  # resumed: every run and evaluation is reused, none is trained again
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    def scores(r):  # everything but the search's own wall time
+        return {k: {f: v for f, v in row.items() if f != "wall_s"} for k, row in r["configs"].items()}
+
+    assert scores(again) == scores(res)
