@@ -667,8 +667,9 @@ def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):
     assert "clean ceiling" in text and list(table.columns) == ["MAE", "i-MAE", "untrained"]
     text, table = chapter_summary("pretrain", preset="tiny", root=repo)
     assert "fell" in text and list(table.index) == ["MAE", "i-MAE"]
-    text, _ = chapter_summary("ablations", preset="tiny", root=repo)
-    assert "ablation-mask-ratio-0.5" in text and text.startswith("No paper-scale results yet")
+    text, table = chapter_summary("ablations", preset="tiny", root=repo)
+    assert text == "No paper-scale results yet: the campaign's ablation stages have not run yet"
+    assert "ablation-mask-ratio-0.5" in table.index and set(table["status"]) == {"pending"}
     text, table = chapter_summary("separability", preset="tiny", root=tmp_path)
     assert text == "No GPU campaign results are stored yet" and len(table) == 1
 

@@ -143,8 +143,30 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
     from .. import comparison as cmp
     from .. import stats
 
-    def pending(why: str) -> tuple[str, pd.DataFrame]:
-        return why, pd.DataFrame({"status": [why]}, index=pd.Index(["paper scale"], name="scale"))
+    def pending(why: str, camp: CampaignResults | None = None) -> tuple[str, pd.DataFrame]:
+        """The sentence, and a table of the campaign stages this chapter waits for: status and what is missing."""
+        if camp is None:
+            return why, pd.DataFrame({"status": [why]}, index=pd.Index(["paper scale"], name="scale"))
+        from .stages import default_stages
+
+        rows = []
+        for st in default_stages(camp.preset or preset):
+            if chapter == "ablations" and not st.name.startswith("ablation-"):
+                continue
+            if chapter != "ablations" and st.name != CHAPTER_STAGES.get(chapter, "eval"):
+                continue
+            rec = camp.stage(st.name)
+            done_items = set(rec.get("items", {}))
+            if chapter == "ablations":  # one model per stage: what it evaluates
+                missing = [w for _, w in st.evals] if rec.get("status") != "done" else []
+            else:
+                missing = [f"{m.lstrip('@')}/{w}" for m, w in st.evals
+                           if f"{m.lstrip('@')}/{w}" not in done_items and w == chapter]
+            status = rec.get("status", "pending") + (f" ({len(done_items)} of {len(st.evals)} evaluations)"
+                                                     if st.itemized and done_items else "")
+            rows.append({"campaign stage": st.name, "status": status,
+                         "still missing": ", ".join(missing) if missing else st.why})
+        return why, pd.DataFrame(rows).set_index("campaign stage")
 
     try:
         camp = load_campaign(preset, root)
@@ -153,7 +175,8 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
     ep = {**camp.epochs("mae"), **camp.epochs("imae")}
     scale = (f"ViT-Tiny/2 on all of CIFAR-10, MAE {ep.get('mae', '?')} + i-MAE {ep.get('imae', '?')} epochs, "
              f"one training seed, {', '.join(camp.devices())}")
-    wait = f"the campaign's `{CHAPTER_STAGES.get(chapter, 'eval')}` stage has not produced them yet"
+    wait = ("the campaign's ablation stages have not run yet" if chapter == "ablations" else
+            f"the campaign's `{CHAPTER_STAGES.get(chapter, 'eval')}` stage has not produced them yet")
     if chapter == "pretrain" and camp.done("mae"):
         from ..plotdata import loss_summary
 
@@ -172,7 +195,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
     if chapter == "classification":
         res = {w: camp.evaluations(w) for w in ("knn", "linear-probe")}
         if not all(res.values()):
-            return pending(f"No paper-scale results yet: {wait}")
+            return pending(f"No paper-scale results yet: {wait}", camp)
         rows, diffs = {}, {}
         for what, name in (("knn", "kNN"), ("linear-probe", "linear probe")):
             for label, e in cmp.estimates(res[what], cmp.accuracy(pool)).items():
@@ -189,7 +212,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         what = chapter
         res = camp.evaluations(what)
         if "MAE" not in res or "i-MAE" not in res:
-            return pending(f"No paper-scale results yet: {wait}")
+            return pending(f"No paper-scale results yet: {wait}", camp)
         alphas = res["MAE"][0]["alphas"]
         k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
         metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
@@ -204,7 +227,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         else:
             text += " (the untrained control is not evaluated yet)"
         return text, table
-    return pending(f"No paper-scale results yet: {wait}")
+    return pending(f"No paper-scale results yet: {wait}", camp)
 
 
 def load_campaign(preset: str = "cifar", root: str | os.PathLike | None = None) -> CampaignResults:
