@@ -261,6 +261,22 @@ def write_performance(book_dir: Path) -> Path:
                       f"Sharing features makes one model's evaluation {ev['speedup']:.2f}x faster with "
                       f"{'identical' if ev.get('identical_results') else 'DIFFERENT'} results; the frozen encoder "
                       f"encodes {ev['encoder_forward_img_per_s']:,.0f} images/s.", ""]
+    for f in sorted((book_dir / "results").glob("config_search_*.json")):
+        r = json.loads(f.read_text())
+
+        def pts(t) -> str:
+            return f"{100 * t[0]:.1f}" if len(t) == 1 else f"{100 * t[0]:+.1f} [{100 * t[1]:+.1f}, {100 * t[2]:+.1f}]"
+
+        rows = [f"| {name} | {c['epochs']} | {c['train_s']:,.0f} | {100 * c['knn']['trained'][0]:.1f} / "
+                f"{100 * c['knn']['untrained'][0]:.1f} | {pts(c['knn']['gain'])} | "
+                f"{100 * c['linear-probe']['trained'][0]:.1f} / {100 * c['linear-probe']['untrained'][0]:.1f} | "
+                f"{pts(c['linear-probe']['gain'])} |" for name, c in r["configs"].items()]
+        parts += [f"**Choosing the CPU edition's recipe** (`benchmarks/config_search.py`, {r['preset']} preset "
+                  f"overridden one field at a time, MAE only, training seed {r['seed']}, evaluated on "
+                  f"{r['max_images']:,} images per split; source `results/{f.name}`): each variant against the "
+                  f"untrained encoder of its own architecture, gains with paired 95 % intervals (points).", "",
+                  "| variant | epochs | training (s) | kNN % trained / untrained | kNN gain | probe % trained / "
+                  "untrained | probe gain |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows, ""]
     for f in sorted((book_dir / "results").glob("reproduce_*.json")):
         r = json.loads(f.read_text())
         rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]

@@ -107,6 +107,13 @@ def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp
     assert "| MAE | 900 | 950 | 40 |" in text and "| **total** | **10.0** | **5.0** |" in text
     assert "2.00x faster with identical results" in text
     assert "EMPTY runs cache" in text and "90.0 min wall time" in text
+    row = {"epochs": 10, "train_s": 600.0, "knn": {"trained": [0.41, 0.40, 0.42], "untrained": [0.28, 0.27, 0.29],
+                                                  "gain": [0.13, 0.11, 0.15]},
+           "linear-probe": {"trained": [0.49, 0.48, 0.50], "untrained": [0.41, 0.40, 0.42], "gain": [0.08, 0.07, 0.09]}}
+    (results / "config_search_small.json").write_text(json.dumps({
+        "preset": "small", "seed": 0, "max_images": 5000, "configs": {"preset as is": row}}))
+    text = write_performance(tmp_path).read_text()
+    assert "| preset as is | 10 | 600 | 41.0 / 28.0 | +13.0 [+11.0, +15.0] | 49.0 / 41.0 | +8.0 [+7.0, +9.0] |" in text
 
 
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
