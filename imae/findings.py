@@ -74,6 +74,15 @@ class Row:
     verdict: str
 
 
+def _across(d: dict, ks: list[int]) -> tuple[str, float, float]:
+    """A per-α paired difference judged over the α indices ``ks``: the count text, and bounds for
+    :func:`imae.stats.verdict`: all α higher, the interval "lies above 0"; any lower, contradicted; else undecided."""
+    dirs = [stats.direction(*_est(d, k)[1:]) for k in ks]
+    up, down, n = dirs.count("higher"), dirs.count("lower"), len(ks)
+    lo, hi = (1.0, 1.0) if up == n else (-1.0, -1.0) if down else (-1.0, 1.0)
+    return f"higher at {up}, lower at {down}, within noise at {n - up - down} of {n} α", lo, hi
+
+
 def _fmt(t: tuple[float, float, float], scale: float = 1.0, fmt: str = "+.3f") -> str:
     m, lo, hi = (x * scale for x in t)
     return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
@@ -146,13 +155,8 @@ def findings(results_dir: str | Path) -> pd.DataFrame:
             # at alpha = 0.5 the roles are interchangeable: a per-role score says nothing there
             ks = [k for k, a in enumerate(rec["alphas"]) if not (below_half and a >= 0.5)]
             alphas = [rec["alphas"][k] for k in ks]
-            n = len(ks)
-            dirs = [stats.direction(_est(d, k)[1], _est(d, k)[2]) for k in ks]
-            up, down = dirs.count("higher"), dirs.count("lower")
-            # all alphas higher: the interval "lies above 0"; any lower: contradicted; else undecided
-            lo, hi = (1.0, 1.0) if up == n else (-1.0, -1.0) if down else (-1.0, 1.0)
-            return (f"{kind}, i-MAE − MAE for the subordinate at every α in {alphas}",
-                    f"higher at {up}, lower at {down}, within noise at {n - up - down} of {n} α",
+            counts, lo, hi = _across(d, ks)
+            return (f"{kind}, i-MAE − MAE for the subordinate at every α in {alphas}", counts,
                     "per-α paired intervals", lo, hi, "higher", "")
         return build
 
@@ -214,28 +218,19 @@ def paper_scale_findings(results_dir: str | Path) -> pd.DataFrame | None:
     pending("... and for fine-tuning", "finetune")
     claim = "The separability effect holds across α"
     if "ls_ratio_differences" in rec:
-        d = rec["ls_ratio_differences"]["i-MAE − MAE"]
-        dirs = [stats.direction(*_est(d, j)[1:]) for j in range(len(alphas))]
-        up, down = dirs.count("higher"), dirs.count("lower")
-        v = stats.verdict(*((1.0, 1.0) if up == len(alphas) else (-1.0, -1.0) if down else (-1.0, 1.0)),
-                          signal_ok=ok)
-        rows.append(Row(claim, f"LS over the clean ceiling, i-MAE − MAE, at every α in {alphas}",
-                        f"higher at {up}, lower at {down}, within noise at {len(alphas) - up - down} of "
-                        f"{len(alphas)} α", sig_text, "", v))
+        counts, lo, hi = _across(rec["ls_ratio_differences"]["i-MAE − MAE"], list(range(len(alphas))))
+        rows.append(Row(claim, f"LS over the clean ceiling, i-MAE − MAE, at every α in {alphas}", counts, sig_text,
+                        "", stats.verdict(lo, hi, signal_ok=ok)))
     else:
         pending(claim, "eval")
     claim = "The semantics effect holds across α"
     if "ds_differences" in rec:
-        d = rec["ds_differences"]["i-MAE − MAE"]
         ds_alphas = rec.get("ds_alphas", alphas)
-        ks = [j for j, a in enumerate(ds_alphas) if a < 0.5]
-        dirs = [stats.direction(*_est(d, j)[1:]) for j in ks]
-        up, down = dirs.count("higher"), dirs.count("lower")
-        v = stats.verdict(*((1.0, 1.0) if up == len(ks) else (-1.0, -1.0) if down else (-1.0, 1.0)), signal_ok=ok)
+        ks = [j for j, a in enumerate(ds_alphas) if a < 0.5]  # at 0.5 the roles are interchangeable
+        counts, lo, hi = _across(rec["ds_differences"]["i-MAE − MAE"], ks)
         rows.append(Row(claim, f"DS (accuracy), i-MAE − MAE for the subordinate at every α in "
-                               f"{[ds_alphas[j] for j in ks]}",
-                        f"higher at {up}, lower at {down}, within noise at {len(ks) - up - down} of {len(ks)} α",
-                        sig_text, "", v))
+                               f"{[ds_alphas[j] for j in ks]}", counts, sig_text, "",
+                        stats.verdict(lo, hi, signal_ok=ok)))
     else:
         pending(claim, "eval")
     runs = rec.get("runs", {})

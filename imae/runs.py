@@ -55,6 +55,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def atomic_write_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """``np.savez_compressed`` to a temporary name beside ``path``, then a rename over it (as
+    :func:`atomic_write_text`: never half a file, and no stale temporary on an error)."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_yaml(path: Path, data: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from ..pretrained import repo_root, sha256_file, verify
-from ..runs import atomic_write_text
+from ..runs import atomic_write_npz, atomic_write_text
 from .manifest import CampaignError, Manifest, check, merge
 from .packing import LOG_NAME, MANIFEST_NAME, safe_extract
 
@@ -160,13 +160,7 @@ def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
                 kept.append(k)
         else:
             out[k] = a
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.compact.npz")
-    try:
-        np.savez_compressed(tmp, **out)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_npz(path, out)
     return {"before": before, "after": path.stat().st_size, "kept_float32": kept}
 
 

@@ -34,7 +34,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError, RunDirError
-from ..runs import atomic_write_text
+from ..runs import atomic_write_npz, atomic_write_text
 from .features import PAIRINGS, check_alphas, load_eval_data
 from .finetune import finetune
 from .loading import LoadedModel, load_model, load_reference, resolve_device
@@ -184,11 +184,11 @@ def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, op
     examples = body.pop("examples", None)
     if examples:
         npz = out / f"{what}_examples.npz"
-        _write_npz(npz, {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()})
+        atomic_write_npz(npz, {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()})
         body["examples_file"] = npz.name
     items = body.pop("items", None)
     if items:
-        _write_npz(out / f"{what}_items.npz", {str(k): _array(v) for k, v in items.items()})
+        atomic_write_npz(out / f"{what}_items.npz", {str(k): _array(v) for k, v in items.items()})
         body["items_file"] = f"{what}_items.npz"
     atomic_write_text(out / f"{what}.json", json.dumps(_plain(body), indent=1) + "\n")
     cfg = cfg or {"model": {"checkpoint": str(model.path), "kind": model.kind, "fingerprint": model.fingerprint,
@@ -204,12 +204,3 @@ def _array(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    """``np.savez_compressed`` to a temporary name in the same folder, then an atomic rename."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
