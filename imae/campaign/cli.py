@@ -77,6 +77,9 @@ def add_campaign_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--collect", metavar="FOLDER", help="import a window's returned files into the repository")
     p.add_argument("--dest", help="with --collect: the preset's campaign folder (default campaign/PRESET)")
     p.add_argument("--list", action="store_true", help="print the stages and their status, then exit")
+    p.add_argument("--travel", choices=["light", "restore", "show"],
+                   help="before a GPU call: leave behind what the window (--stages, default every pending stage) "
+                        "does not read (light), undo it (restore; --collect does it too), or show the sizes")
     p.set_defaults(func=cmd_campaign)
     return p
 
@@ -91,6 +94,18 @@ def cmd_campaign(args) -> int:
         return 0 if not result["missing"] else 1
     if args.list:
         return _list(args)
+    if args.travel:
+        from ..pretrained import repo_root
+        from . import travel
+
+        repo = repo_root()
+        if args.travel == "restore":
+            if not travel.restore(repo):
+                print("the checkout is whole already (nothing to restore)")
+            return 0
+        fn = travel.light if args.travel == "light" else travel.show
+        result = fn(repo, args.preset, args.stages, args.manifest)
+        return 0 if result.get("ok", result.get("projected", {}).get("ok", True)) else 1
     if not args.out:
         raise ConfigError("--out is required (the folder whose files come back from the GPU machine: $OUT)")
     import time

@@ -43,6 +43,10 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
         raise CampaignError(f"{mpath} is not valid JSON ({e})") from e
     preset = returned.get("preset")
     check(returned, mpath, preset)
+    if dest is None:
+        from .travel import restore
+
+        restore(repo_root(), log=log)  # a light checkout would hide what lands here from git (campaign/README.md)
     dest = Path(dest) if dest else repo_root() / "campaign" / preset
     local = Manifest.load(dest / MANIFEST_NAME, preset)
     # The archives of this window (the last one of the returned manifest) and their checksums.
