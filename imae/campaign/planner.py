@@ -27,7 +27,8 @@ PRIOR_COMPILE_SPEEDUP = 1.7
 # on a GPU, about the same for every model. Measured on an H200 with the fits one after the other (campaign window
 # 1): semantics 104.5 s and 97.0 s for 42 fits + ~5 s of forwards and loading; linear-probe 7.6-8.1 s for 2 fits +
 # ~3 s of features (knn: 2.9-3.3 s), i.e. ~2.3 s a fit. Since the fits run concurrently on CUDA
-# (probes.linear_classifiers) this is an upper bound until an observed evaluation of the kind replaces it.
+# (probes.linear_classifiers), and their L-BFGS now waits for the device once per function evaluation instead of
+# ~40 times per iteration (imae.metrics.lbfgs), this is an upper bound until an observed evaluation replaces it.
 PRIOR_FIT_S = 2.3
 
 

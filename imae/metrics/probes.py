@@ -1,7 +1,7 @@
 """Frozen-feature classifiers: a linear probe (also used by the degree of semantics) and kNN.
 
 * :func:`linear_classifier`: multinomial logistic regression on cached features, standardised with the
-  training set's mean and std, trained full-batch with L-BFGS. The L2 weight decay is chosen on a seeded
+  training set's mean and std, trained full-batch with L-BFGS (:mod:`imae.metrics.lbfgs`). The L2 weight decay is chosen on a seeded
   validation split of the training features from a log grid (walked from strong to weak, each fit warm-
   starting the next), then the classifier is refitted on all training features. With ``groups`` (the image
   ids of each row; (N, 2) for mixture pairs) the validation split is grouped by image, as ridge's
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .features import POOLS, EvalData, clean_features
+from .lbfgs import minimize
 from .ridge import group_split
 
 WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)  # strong -> weak (warm starts)
@@ -53,30 +54,38 @@ def _threads_for(x: torch.Tensor):
             torch.set_num_threads(old)
 
 
-def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> None:
-    """Minimise mean cross-entropy + weight_decay/2 ||W||² in place (full batch).
+def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> dict:
+    """Minimise mean cross-entropy + weight_decay/2 ||W||² in place (full batch), from the current w, b.
 
-    The gradient is written in closed form ((softmax - onehot) / n): on small problems autograd's per-call
-    overhead, not arithmetic, would dominate the hundreds of evaluations L-BFGS makes.
+    L-BFGS (:func:`imae.metrics.lbfgs.minimize`: history 20, the tolerances of torch's defaults, one host
+    synchronisation per function evaluation). The gradient is written in closed form ((softmax - onehot) / n):
+    on small problems autograd's per-call overhead, not arithmetic, would dominate the hundreds of evaluations.
+    Returns the optimiser's record (loss, iterations, evaluations, why it stopped).
     """
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
-                            tolerance_change=1e-8, line_search_fn="strong_wolfe")
     rows = torch.arange(x.shape[0], device=x.device)
+    d, c = w.shape
+    n_w = d * c
 
     @torch.no_grad()
-    def closure():
-        logits = torch.addmm(b, x, w)
+    def fun(theta):
+        wt, bt = theta[:n_w].view(d, c), theta[n_w:]
+        logits = torch.addmm(bt, x, wt)
         lse = logits.logsumexp(dim=1)
-        loss = (lse - logits[rows, y]).mean() + 0.5 * weight_decay * (w * w).sum()
+        loss = (lse - logits[rows, y]).mean() + 0.5 * weight_decay * (wt * wt).sum()
         p = (logits - lse[:, None]).exp_()
         p[rows, y] -= 1.0
         p /= x.shape[0]
-        w.grad = torch.addmm(w, x.T, p, alpha=1.0, beta=weight_decay)
-        b.grad = p.sum(dim=0)
-        return loss
+        grad = torch.empty_like(theta)
+        torch.addmm(wt, x.T, p, alpha=1.0, beta=weight_decay, out=grad[:n_w].view(d, c))
+        torch.sum(p, dim=0, out=grad[n_w:])
+        return loss, grad
 
-    with _threads_for(x):
-        opt.step(closure)
+    with _threads_for(x), torch.no_grad():
+        theta, info = minimize(fun, torch.cat([w.reshape(-1), b]), max_iter=max_iter, history=20,
+                               tolerance_grad=1e-5, tolerance_change=1e-8)
+        w.copy_(theta[:n_w].view(d, c))
+        b.copy_(theta[n_w:])
+    return info
 
 
 @torch.no_grad()
@@ -122,8 +131,8 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     val, fit = val.to(dev), fit.to(dev)
-    w = torch.zeros(x_train.shape[1], c, device=dev, requires_grad=True)
-    b = torch.zeros(c, device=dev, requires_grad=True)
+    w = torch.zeros(x_train.shape[1], c, device=dev)
+    b = torch.zeros(c, device=dev)
     x_fit, y_fit, x_val, y_val = x_train[fit], y_train[fit], x_train[val], y_train[val]  # gathered once
     grid = sorted(weight_decays, reverse=True)
     hits, states = [], {}
@@ -155,15 +164,13 @@ def linear_classifiers(problems: Sequence[dict], *, parallel: int | None = None,
     """Several independent :func:`linear_classifier` fits: ``[linear_classifier(**common, **p) for p in problems]``
     (a problem's keys win over ``common``'s), with the same results in the same order.
 
-    Each fit is a few hundred closures of a dozen small kernels, and torch's L-BFGS reads a number back to the
-    host several times per closure: on a GPU a small fit is bound by launch and synchronisation latency, not
-    by arithmetic, and one fit at a time leaves the device idle. So on CUDA up to ``parallel`` fits run at
-    once, each in a worker thread with its own stream: one fit's host syncs wait only for its own kernels, and
-    while a thread waits in ``float()`` / ``bool()`` of a tensor or in a kernel launch, torch has released the
-    GIL and the other threads go on. (Not all waits release it: L-BFGS's two-loop recursion passes 0-dim
-    tensors as ``alpha=``, which torch's argument parser turns into numbers with the GIL held; those waits
-    stay serial and bound the gain.) Every fit still runs the same kernels in the same order on the same
-    data, so it returns what the sequential call returns; only the wall time changes.
+    Each fit is some hundred function evaluations of a dozen small kernels, and L-BFGS reads a few numbers back
+    to the host once per evaluation (:mod:`imae.metrics.lbfgs`): on a GPU a small fit is bound by launch and
+    synchronisation latency, not by arithmetic, and one fit at a time leaves the device idle. So on CUDA up to
+    ``parallel`` fits run at once, each in a worker thread with its own stream: one fit's host syncs wait
+    only for its own kernels, and while a thread waits in ``tolist()`` of a tensor or in a kernel launch,
+    torch has released the GIL and the other threads go on. Every fit still runs the same kernels in the same
+    order on the same data, so it returns what the sequential call returns; only the wall time changes.
 
     Args:
         problems: keyword arguments of :func:`linear_classifier`, one dict per fit.
