@@ -184,6 +184,22 @@ def compare_text(name_a: str, name_b: str, diff: Estimate, *, index=(), scale: f
     return f"{name_a} is {d} than {name_b} by {abs(m):{fmt}}{unit} ({ci})"
 
 
+def moves_text(moves: Mapping[tuple[str, str], tuple[float, float]], *, baseline: str = "the baseline") -> str:
+    """One clause per variant: which measures its difference to ``baseline`` moves beyond the noise.
+
+    ``moves`` maps (variant, measure) to the (lo, hi) interval of ``variant - baseline``, in the order to
+    report; measures within noise are left out, and so are variants with none. E.g.
+    "mask ratio 0.5: refit-free R² higher, PSNR lower; no distillation: LS R² lower".
+    Returns "" when nothing moves."""
+    by_variant: dict[str, list[str]] = {}
+    for (variant, measure), (lo, hi) in moves.items():
+        d = direction(float(lo), float(hi))
+        by_variant.setdefault(variant, [])
+        if d != "within noise":
+            by_variant[variant].append(f"{measure} {d}")
+    return "; ".join(f"{v}: {', '.join(ms)}" for v, ms in by_variant.items() if ms)
+
+
 VERDICTS = ("supported", "not detected at this scale", "contradicted")
 
 

@@ -499,6 +499,32 @@ def test_eval_estimate_counts_the_classifier_fits():
     assert eval_seconds("semantics", options, h200, 50000, 10000, observed=[40.0]) == pytest.approx(48.0)
 
 
+def test_fitting_evaluations_are_timed_by_their_optimiser():
+    """A semantics timing taken with the old optimiser (torch's L-BFGS: 104 s on an H200) no longer predicts
+    one; a kNN timing still does; a timing recorded with today's optimiser does."""
+    from types import SimpleNamespace
+
+    from imae.campaign.manifest import Manifest
+    from imae.campaign.schedule import ScheduleMixin
+    from imae.metrics.probes import OPTIMIZER
+
+    dev = "1x NVIDIA H200"
+    items = {"mae/semantics": {"wall_s": 104.45, "device": dev}, "mae/knn": {"wall_s": 3.0, "device": dev}}
+    m = Manifest(None, {"format": "imae-campaign-v1", "preset": "cifar", "fixed": {}, "windows": [],
+                        "stages": {"eval": {"status": "started", "items": items}}})
+    h200 = Measured(fwd_img_per_s=32661, eval_fixed_s=1.3)
+    ns = SimpleNamespace(manifest=m, preset="cifar", cfg=SimpleNamespace(eval_extra={}), measured=h200,
+                         n_train=50000, n_test=10000, _device_name=lambda: dev)
+    from imae.campaign.stages import eval_options
+
+    options = eval_options("cifar", "semantics")
+    assert ScheduleMixin.eval_estimate(ns, "semantics") == pytest.approx(
+        eval_seconds("semantics", options, h200, 50000, 10000))  # the prior, not 1.2 x 104.45
+    assert ScheduleMixin.eval_estimate(ns, "knn") == pytest.approx(3.6)
+    items["mae/semantics"]["optimizer"] = OPTIMIZER
+    assert ScheduleMixin.eval_estimate(ns, "semantics") == pytest.approx(1.2 * 104.45)
+
+
 def test_compile_decision():
     assert decide_compile("auto", "cpu", 1e6, eager_rate=1)[0] is False
     assert decide_compile("on", "cpu", 1, eager_rate=1)[0] is True

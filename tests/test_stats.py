@@ -114,3 +114,10 @@ def test_seed_only_interval_for_curves():
     assert np.allclose(est.hi - est.mean, half) and np.allclose(est.mean - est.lo, half)
     single = stats.over_seeds(pts[:1])
     assert np.allclose(single.lo, single.hi)
+
+
+def test_moves_text_groups_by_variant_and_drops_noise():
+    moves = {("mask 0.5", "LS"): (0.01, 0.03), ("mask 0.5", "PSNR"): (-2.0, -1.0), ("mask 0.9", "LS"): (-0.01, 0.02),
+             ("no distillation", "LS"): (-0.2, -0.1), ("no distillation", "PSNR"): (-0.5, 0.5)}
+    assert stats.moves_text(moves) == "mask 0.5: LS higher, PSNR lower; no distillation: LS lower"
+    assert stats.moves_text({("a", "m"): (-1.0, 1.0)}) == ""

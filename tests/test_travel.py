@@ -139,7 +139,7 @@ def test_collect_restores_a_light_checkout_first(tmp_path: Path, monkeypatch):
     from imae.campaign.manifest import CampaignError
 
     calls = []
-    monkeypatch.setattr(travel, "restore", lambda repo, log=print: calls.append(repo) or True)
+    monkeypatch.setattr(collect_mod, "restore", lambda repo, log=print: calls.append(repo) or True)
     src = tmp_path / "back"
     src.mkdir()
     (src / "manifest.json").write_text(json.dumps({"format": "bad"}))

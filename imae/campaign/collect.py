@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..pretrained import repo_root, sha256_file, verify
 from ..runs import atomic_write_npz, atomic_write_text
 from .manifest import CampaignError, Manifest, check, merge
 from .packing import LOG_NAME, MANIFEST_NAME, safe_extract
+from .travel import DATA_PACK_BYTES, TRAVEL_LIMIT, checkout_bytes, restore, travel_report  # noqa: F401 (re-exported)
 
 
 def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, log=print) -> dict:
@@ -44,8 +44,6 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
     preset = returned.get("preset")
     check(returned, mpath, preset)
     if dest is None:
-        from .travel import restore
-
         restore(repo_root(), log=log)  # a light checkout would hide what lands here from git (campaign/README.md)
     dest = Path(dest) if dest else repo_root() / "campaign" / preset
     local = Manifest.load(dest / MANIFEST_NAME, preset)
@@ -92,39 +90,6 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
     if travel is not None:
         log(travel["message"])
     return {"stages": sorted(set(collected)), "missing": missing, "dest": str(dest), "travel": travel}
-
-
-TRAVEL_LIMIT = 64 * 2**20  # what one GPU call may carry: the checkout's files + the carried paths
-DATA_PACK_BYTES = 33_496_936  # ../shared/data/cifar-10-packed/* + tools/cifar_unpack.py
-
-
-def checkout_bytes(repo: str | os.PathLike) -> int | None:
-    """Bytes of the files a GPU call sends from the checkout (git's tracked and untracked-not-ignored files);
-    None where git cannot tell."""
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    repo = Path(repo)
-    return sum((repo / f).stat().st_size for f in out.stdout.decode().split("\0") if f and (repo / f).is_file())
-
-
-def travel_report(repo: str | os.PathLike, data_bytes: int = DATA_PACK_BYTES) -> dict | None:
-    """How much of the 64 MiB a GPU call would carry (the checkout + the CIFAR-10 packs)."""
-    n = checkout_bytes(repo)
-    if n is None:
-        return None
-    total = n + data_bytes
-    ok = total <= TRAVEL_LIMIT
-    msg = (f"a GPU call now carries {n / 1e6:.1f} MB of the checkout + {data_bytes / 1e6:.1f} MB of data packs = "
-           f"{total / 2**20:.1f} of {TRAVEL_LIMIT / 2**20:.0f} MiB")
-    if not ok:
-        msg = ("WARNING: " + msg + ": over the limit, the next GPU call would be refused. Fix: commit fewer "
-               "results (the *_items.npz / *_examples.npz arrays are the bulk) or fewer weights")
-    return {"checkout_bytes": n, "data_bytes": data_bytes, "total_bytes": total, "ok": ok, "message": msg}
 
 
 F16_MAX = 60_000.0  # below float16's largest finite value (65,504), with room for rounding

@@ -8,7 +8,8 @@ them). The arithmetic lives in :mod:`.planner`.
 
 from __future__ import annotations
 
-from .planner import PRIOR_COMPILE_S, decide_compile, eval_seconds, plan_epochs, share_of, train_seconds, warmup_for
+from .planner import (PRIOR_COMPILE_S, decide_compile, eval_fits, eval_seconds, plan_epochs, share_of, train_seconds,
+                      warmup_for)
 from .stages import Stage, TrainSpec, eval_options
 
 THROUGHPUT_PRIOR_S = {"cuda": 240.0, "cpu": 60.0}  # the benchmark with compile, both methods (a prior)
@@ -128,7 +129,11 @@ class ScheduleMixin:
         return min(total, self.cfg.eval_share * self.cfg.budget_s)
 
     def eval_estimate(self, what: str) -> float:
+        from ..metrics.probes import OPTIMIZER
+
+        opts = eval_options(self.preset, what, self.cfg.eval_extra)
+        fits = eval_fits(what, opts) > 0  # timed with today's classifier optimiser only (probes.OPTIMIZER)
         observed = [it["wall_s"] for rec in self.manifest.stages.values() for key, it in rec.get("items", {}).items()
-                    if key.endswith(f"/{what}") and it.get("device") == self._device_name()]
-        return eval_seconds(what, eval_options(self.preset, what, self.cfg.eval_extra), self.measured,
-                            self.n_train, self.n_test, observed)
+                    if key.endswith(f"/{what}") and it.get("device") == self._device_name()
+                    and (not fits or it.get("optimizer") == OPTIMIZER)]
+        return eval_seconds(what, opts, self.measured, self.n_train, self.n_test, observed)

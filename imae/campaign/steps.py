@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import ImaeError
 from ..pretrained import MAX_MODEL_BYTES, materialize_run, repo_root, save_weights, verify
 from .manifest import CampaignError
+from .planner import eval_fits
 from .stages import Stage, TrainSpec, eval_options
 from .watchdog import DeadlineReached
 
@@ -190,6 +191,10 @@ class StepsMixin:
                               "summary": _summary(what, result), "options": {k: v for k, v in opts.items()
                                                                              if k != "data_root"},
                               "reference": str(reference.name) if reference is not None else None}
+                if eval_fits(what, opts):  # the planner times fitting evaluations by optimiser
+                    from ..metrics.probes import OPTIMIZER
+
+                    items[key]["optimizer"] = OPTIMIZER
                 self.manifest.save()
             self.log(f"  eval {key}: {wall} s (expected {est:.0f}) {items[key]['summary']}")
         return True

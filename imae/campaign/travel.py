@@ -26,9 +26,41 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ConfigError
-from .collect import DATA_PACK_BYTES, TRAVEL_LIMIT, checkout_bytes
 from .manifest import Manifest
 from .stages import Stage, default_stages
+
+TRAVEL_LIMIT = 64 * 2**20  # what one GPU call may carry: the checkout's files + the carried paths
+DATA_PACK_BYTES = 33_496_936  # ../shared/data/cifar-10-packed/* + tools/cifar_unpack.py
+
+
+def checkout_bytes(repo: str | os.PathLike) -> int | None:
+    """Bytes of the files a GPU call sends from the checkout (git's tracked and untracked-not-ignored files);
+    None where git cannot tell."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    repo = Path(repo)
+    return sum((repo / f).stat().st_size for f in out.stdout.decode().split("\0") if f and (repo / f).is_file())
+
+
+def travel_report(repo: str | os.PathLike, data_bytes: int = DATA_PACK_BYTES) -> dict | None:
+    """How much of the 64 MiB a GPU call would carry (the checkout + the CIFAR-10 packs)."""
+    n = checkout_bytes(repo)
+    if n is None:
+        return None
+    total = n + data_bytes
+    ok = total <= TRAVEL_LIMIT
+    msg = (f"a GPU call now carries {n / 1e6:.1f} MB of the checkout + {data_bytes / 1e6:.1f} MB of data packs = "
+           f"{total / 2**20:.1f} of {TRAVEL_LIMIT / 2**20:.0f} MiB")
+    if not ok:
+        msg = ("WARNING: " + msg + ": over the limit, a GPU call from the whole checkout would be refused. Fix: "
+               "python -m imae campaign --travel light [--stages ...] before the call (campaign/README.md)")
+    return {"checkout_bytes": n, "data_bytes": data_bytes, "total_bytes": total, "ok": ok, "message": msg}
+
 
 BEGIN = "# imae campaign --travel light: begin (python -m imae campaign --travel restore removes this block)"
 END = "# imae campaign --travel light: end"
@@ -211,4 +243,4 @@ def show(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=N
     return {"light": False, **p, "projected": _report(projected)}
 
 
-__all__ = ["plan", "light", "restore", "show", "state", "model_refs"]
+__all__ = ["TRAVEL_LIMIT", "DATA_PACK_BYTES", "checkout_bytes", "travel_report", "plan", "light", "restore", "show", "state", "model_refs"]
