@@ -176,3 +176,20 @@ def test_config_search_scores_each_configuration_against_its_untrained_encoder(t
         return {k: {f: v for f, v in row.items() if f != "wall_s"} for k, row in r["configs"].items()}
 
     assert scores(again) == scores(res)
+
+
+def test_classifier_fits_compares_three_paths_on_the_same_problems(tmp_path):
+    from benchmarks import classifier_fits
+
+    out = tmp_path / "fits.json"
+    res = classifier_fits.main(["--device", "cpu", "--fits", "3", "--rows", "300", "--test-rows", "100",
+                                "--dim", "16", "--classes", "4", "--parallel", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert list(res["paths"]) == ["torch-lbfgs", "ours", "ours-threaded"]
+    base = res["paths"]["torch-lbfgs"]
+    assert base["speedup"] == 1.0 and base["max_accuracy_diff"] == 0.0 and base["same_penalty"] == 3
+    # threads change nothing but the wall time; the optimisers agree to the noise of the penalty choice
+    assert res["paths"]["ours-threaded"]["max_accuracy_diff"] == res["paths"]["ours"]["max_accuracy_diff"] < 0.05
+    from imae.metrics import probes
+
+    assert probes._lbfgs_fit is not classifier_fits.torch_lbfgs_fit  # the baseline is swapped back
