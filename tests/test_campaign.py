@@ -205,6 +205,83 @@ def test_resume_partly_evaluated_stage(repo, toy_root, tmp_path):
     assert sum(n.endswith(".json") and "/evals/" in n for n in members(tmp_path / "out" / "eval.tar.gz")) == 15
 
 
+LATER = ["mae-continued", "imae-sp0", "finetune", "ablation-no-distillation", "seed1"]
+
+
+@pytest.fixture(scope="module")
+def later(repo, toy_root, tmp_path_factory):
+    """A later window on a fresh machine (only the repository's manifest and weights), collected into a copy of
+    the repository: the equal-compute MAE, a same_prob run, fine-tuning, an ablation and a training seed."""
+    tmp = tmp_path_factory.mktemp("later")
+    dest = tmp / "campaign" / "tiny"
+    shutil.copytree(repo, dest)
+    summary = run_campaign(campaign_config(tmp, toy_root, manifest=dest / "manifest.json", stages=LATER,
+                                           eval_extra={**EVAL, "finetune": {"epochs": 1}}))
+    back = tmp / "repo2" / "campaign" / "tiny"
+    shutil.copytree(repo, back)
+    collected = collect(tmp / "out", back, log=lambda *a: None)
+    return {"summary": summary, "manifest": json.loads((dest / "manifest.json").read_text()), "out": tmp / "out",
+            "collected": collected, "root": tmp / "repo2"}
+
+
+def test_later_stages_run_from_the_stored_weights(later):
+    """Each later stage trains on the fixed schedules, evaluates, and comes back collectable; the fitting
+    evaluations record their optimiser (the planner times them by it)."""
+    from imae.metrics.probes import OPTIMIZER
+
+    m = later["manifest"]
+    assert later["summary"]["outcome"] == "ok" and later["summary"]["window"]["stages"] == {s: "done" for s in LATER}
+    fixed = m["fixed"]
+    assert m["stages"]["mae-continued"]["plan"]["train"]["mae-continued"]["epochs"] == fixed["imae"]["epochs"]
+    assert m["stages"]["ablation-no-distillation"]["plan"]["train"]["ablation-no-distillation"]["epochs"] == \
+        fixed["imae"]["epochs"]
+    seed = m["stages"]["seed1"]["plan"]["train"]
+    assert seed["mae"]["epochs"] == fixed["mae"]["epochs"] and seed["imae"]["epochs"] == fixed["imae"]["epochs"]
+    assert set(m["stages"]["seed1"]["items"]) == {f"{m}/{w}" for m in ("mae", "imae", "untrained-1")
+                                                  for w in ("knn", "linear-probe", "separability")}
+    for name in LATER:
+        items = m["stages"][name]["items"]
+        assert items and all(("optimizer" in it) == (k.endswith(("/linear-probe", "/semantics")))
+                             for k, it in items.items())
+        assert all(it["optimizer"] == OPTIMIZER for it in items.values() if "optimizer" in it)
+    # No stored weights for the variants: they come back as results only.
+    assert not any(later["out"].glob("*.safetensors"))
+    assert later["collected"]["stages"] == sorted(LATER) and not later["collected"]["missing"]
+    back = later["root"] / "campaign" / "tiny"
+    assert (back / "results" / "seed1" / "evals" / "untrained-1" / "separability.json").is_file()
+    assert sorted(p.name for p in (back / "weights").glob("*.safetensors")) == ["tiny-imae.safetensors",
+                                                                               "tiny-mae.safetensors"]
+
+
+def test_the_book_reads_the_later_stages(later):
+    """Every chapter's paper-scale box uses what the later stages brought: intervals over both training seeds,
+    the equal-compute control, same_prob, fine-tuning, the ablation and the reconstructions."""
+    from imae.campaign.results import chapter_summary, load_campaign
+
+    root = later["root"]
+    camp = load_campaign("tiny", root=root)
+    assert camp.seeds() == [0, 1]
+    knn = camp.evaluations("knn", seeds=True)
+    assert set(knn) == {"MAE", "i-MAE", "untrained"} and all(len(v) == 2 for v in knn.values())
+    assert set(camp.evaluations("knn")) == {"MAE", "i-MAE", "untrained", "MAE continued"}
+    assert camp.evaluations("semantics", seeds=True) == {}  # no seed stage scores semantics: seed 0 alone then
+    assert set(camp.ablations("separability")) == {"standard", "no distillation"}
+
+    text, table = chapter_summary("classification", preset="tiny", root=root)
+    assert "2 training seeds" in text and "equal-compute control" in text and "fine-tuned" in text
+    assert list(table.index) == ["MAE", "i-MAE", "untrained", "MAE continued (seed 0)"]
+    assert table.loc["MAE continued (seed 0)", "fine-tuned top-1 % (seed 0)"] == "—"
+    text, table = chapter_summary("separability", preset="tiny", root=root)
+    assert "2 training seeds" in text and "the untrained encoder" in text and "equal-compute" in text
+    assert set(table.columns) == {"MAE", "i-MAE", "untrained", "MAE continued (seed 0)"}
+    text, table = chapter_summary("semantics", preset="tiny", root=root)
+    assert "same_prob 0" in text and "i-MAE, same_prob 0" in table.columns
+    text, table = chapter_summary("ablations", preset="tiny", root=root)
+    assert "1 of the 6 ablations back" in text and list(table.index) == ["standard", "no distillation"]
+    text, table = chapter_summary("reconstruction", preset="tiny", root=root)
+    assert "dB" in text and list(table.index) == ["MAE", "i-MAE", "untrained"]
+
+
 def test_budget_too_small_for_stage_two(toy_root, tmp_path):
     """The planner finds stage 2 does not fit what is left: it is not started, the window ends cleanly and
     stage 1's outputs are complete."""
@@ -688,6 +765,26 @@ def test_paper_scale_chapter_renders_from_stored_results(repo, tmp_path):
     assert record["preset"] == "tiny" and set(record["runs"]) == {"mae", "imae"}
     assert set(record["accuracy"]["knn"]["differences"]) == {"i-MAE − MAE", "MAE − untrained"}
     assert "throughput" in record["pending"] and (results / "paper_scale_pending.csv").is_file()
+
+
+def test_paper_scale_chapter_records_the_later_stages_for_the_findings(later, tmp_path):
+    """With the later stages collected, the chapter's record holds what the Findings page judges: the
+    equal-compute differences, same-class against random pairs, and fine-tuning."""
+    from imae import findings
+    from imae.reproduce import run_notebook
+
+    results = tmp_path / "results"
+    run_notebook("paper_scale", {"campaign_dir": str(later["root"] / "campaign" / "tiny"),
+                                 "results_dir": str(results)}, root=REPO, out_dir=tmp_path, log=lambda *a: None)
+    record = json.loads((results / "paper_scale.json").read_text())
+    assert "i-MAE − MAE continued" in record["ls_ratio_differences"]
+    assert "i-MAE − MAE continued" in record["accuracy"]["linear-probe"]["differences"]
+    assert set(record["same_prob_difference"]) == {"same_prob 1 − same_prob 0"}
+    assert set(record["finetune_differences"]) == {"i-MAE − MAE", "MAE − untrained"}
+    t = findings.paper_scale_findings(results)
+    assert not any(v.startswith("pending (campaign stage imae-sp0") or v == "pending (campaign stage finetune)"
+                   for v in t["verdict"])
+    assert any("equal compute" in m for m in t["measurement"])
 
 
 def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):

@@ -87,17 +87,86 @@ class CampaignResults:
             raise ImaeError(f"{path} holds no metrics.jsonl: stage {stage!r} has not come back from a GPU window")
         return path
 
-    def evaluations(self, what: str, *, stage: str = "eval") -> dict[str, list[dict]]:
-        """{label: [result]} for every model of ``stage`` with a stored ``what`` evaluation, shaped for
-        :mod:`imae.comparison` (one training seed: a list of one)."""
+    def seeds(self) -> list[int]:
+        """Training seeds with results: 0 (stages ``mae``/``imae``/``eval``) and each ``seed<k>`` stage done."""
+        from .stages import default_stages
+
+        extra = [int(st.name[4:]) for st in default_stages(self.preset or "cifar")
+                 if st.name.startswith("seed") and st.name[4:].isdigit() and self.done(st.name)]
+        return [0, *extra]
+
+    def variant(self, stage: str, what: str) -> dict | None:
+        """The ``what`` result of the one model a variant stage trains (``imae-sp0``, ``ablation-*``,
+        ``mae-continued``), or None before it came back."""
+        return self._load(stage, stage, what) if self.done(stage) else None
+
+    def _load(self, stage: str, model: str, what: str) -> dict | None:
         from ..experiments import load_result
 
-        out = {}
-        evals = self.folder / "results" / stage / "evals"
+        f = self.folder / "results" / stage / "evals" / model / f"{what}.json"
+        return load_result(f) if f.is_file() else None
+
+    def evaluations(self, what: str, *, stage: str = "eval", seeds: bool = False) -> dict[str, list[dict]]:
+        """{label: [result per training seed]} shaped for :mod:`imae.comparison`.
+
+        ``seeds=False`` (default): training seed 0, every model that has ``what``: the MAE, the i-MAE and the
+        untrained encoder (stage ``stage``) and the equal-compute MAE (stage ``mae-continued``), one result each.
+        ``seeds=True``: every training seed with results (:meth:`seeds`; seed k from stage ``seed<k>``, where
+        the MAE, the i-MAE and that seed's untrained encoder were trained and scored again), keeping only the
+        models that have ``what`` at every seed, so that seeds pair one to one.
+        """
+        out: dict[str, list[dict]] = {}
         for model, label in LABELS.items():
-            f = evals / model / f"{what}.json"
-            if f.is_file():
-                out[label] = [load_result(f)]
+            src = "mae-continued" if model == "mae-continued" else stage
+            r = self._load(src, model, what)
+            if r is not None:
+                out[label] = [r]
+        if not seeds:
+            return out
+        for s in self.seeds()[1:]:
+            for model, label in (("mae", "MAE"), ("imae", "i-MAE"), (f"untrained-{s}", "untrained")):
+                if label in out:
+                    r = self._load(f"seed{s}", model, what)
+                    if r is None:
+                        del out[label]
+                    else:
+                        out[label].append(r)
+        n = len(self.seeds())
+        return {k: v for k, v in out.items() if len(v) == n}
+
+    def compare(self, what: str, metric, *, stage: str = "eval") -> tuple[dict, dict, int]:
+        """Estimates and paired differences of ``metric`` on ``what`` as the book reports them.
+
+        Over every training seed the campaign has for the MAE and the i-MAE (:meth:`evaluations` with
+        ``seeds=True``), else over seed 0. Models scored at seed 0 only (the equal-compute MAE, or the untrained
+        control where a seed stage did not score it) are added to the estimates as ``"<label> (seed 0)"`` and
+        their differences (seed-0 pairs: ``i-MAE − MAE continued``) to the differences; with one seed they keep
+        their plain labels. Returns ``(estimates, differences, n_seeds)``."""
+        from .. import comparison as cmp
+
+        one = self.evaluations(what, stage=stage)
+        many = self.evaluations(what, stage=stage, seeds=True) if len(self.seeds()) > 1 else {}
+        if not ("MAE" in many and "i-MAE" in many):
+            return cmp.estimates(one, metric), cmp.differences(one, metric), 1
+        est = cmp.estimates({**many, **{f"{k} (seed 0)": v for k, v in one.items() if k not in many}}, metric)
+        diff = cmp.differences(many, metric)
+        diff.update({k: v for k, v in cmp.differences(one, metric).items() if k not in diff})
+        return est, diff, len(many["MAE"])
+
+    def ablations(self, what: str) -> dict[str, list[dict]]:
+        """{"standard": [the i-MAE's result], variant: [its result]} for every ablation stage with ``what``
+        (training seed 0; every variant is an i-MAE from the same teacher, scored on the same items)."""
+        from .stages import default_stages
+
+        out = {}
+        std = self._load("eval", "imae", what)
+        if std is not None:
+            out["standard"] = [std]
+        for st in default_stages(self.preset or "cifar"):
+            if st.name.startswith("ablation-") and self.done(st.name):
+                r = self._load(st.name, st.name, what)
+                if r is not None:
+                    out[st.why.split(": ", 1)[-1]] = [r]
         return out
 
     def throughput(self) -> dict | None:
@@ -173,8 +242,37 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
     except ImaeError:
         return pending("No GPU campaign results are stored yet")
     ep = {**camp.epochs("mae"), **camp.epochs("imae")}
-    scale = (f"ViT-Tiny/2 on all of CIFAR-10, MAE {ep.get('mae', '?')} + i-MAE {ep.get('imae', '?')} epochs, "
-             f"one training seed, {', '.join(camp.devices())}")
+    n_seeds = len(camp.seeds())
+
+    def scale_text(seeds: int) -> str:
+        return (f"ViT-Tiny/2 on all of CIFAR-10, MAE {ep.get('mae', '?')} + i-MAE {ep.get('imae', '?')} epochs, "
+                f"{'one training seed' if seeds == 1 else f'{seeds} training seeds'}, {', '.join(camp.devices())}")
+
+    def main_results(what: str) -> tuple[dict, int]:
+        """Every training seed where the campaign has them (MAE, i-MAE, untrained), else seed 0 alone."""
+        res = camp.evaluations(what, seeds=True) if n_seeds > 1 else {}
+        if "MAE" in res and "i-MAE" in res:
+            return res, n_seeds
+        return camp.evaluations(what), 1
+
+    def equal_compute(what: str, metric, k=(), **kw) -> str:
+        """The equal-compute control's sentence (seed 0), or "" before stage mae-continued came back."""
+        one = camp.evaluations(what)
+        if "MAE continued" not in one or "i-MAE" not in one:
+            return ""
+        d = cmp.differences(one, metric)["i-MAE − MAE continued"]
+        return (f"; against the MAE trained as long as the i-MAE (the equal-compute control, seed 0), "
+                f"{stats.compare_text('i-MAE', 'it', d, index=k, **kw)}")
+
+    def with_seed0(res: dict, seeds: int, what: str) -> dict:
+        """``res`` plus the models scored at seed 0 only (the equal-compute MAE), labelled so when ``res``
+        spans several seeds: for the tables (differences pair seeds one to one, so they use ``res`` alone)."""
+        if seeds == 1:
+            return res
+        one = camp.evaluations(what)
+        return {**res, **{f"{k} (seed 0)": v for k, v in one.items() if k not in res}}
+
+    scale = scale_text(1)
     wait = ("the campaign's ablation stages have not run yet" if chapter == "ablations" else
             f"the campaign's `{CHAPTER_STAGES.get(chapter, 'eval')}` stage has not produced them yet")
     if chapter == "pretrain" and camp.done("mae"):
@@ -193,41 +291,119 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
                 f"{'fell' if fell else 'did not fall everywhere'} from the first epoch to the last")
         return text, table
     if chapter == "classification":
-        res = {w: camp.evaluations(w) for w in ("knn", "linear-probe")}
+        res, seeds = {}, 1
+        for w in ("knn", "linear-probe"):
+            res[w], seeds = main_results(w)
         if not all(res.values()):
             return pending(f"No paper-scale results yet: {wait}", camp)
         rows, diffs = {}, {}
         for what, name in (("knn", "kNN"), ("linear-probe", "linear probe")):
-            for label, e in cmp.estimates(res[what], cmp.accuracy(pool)).items():
+            for label, e in cmp.estimates(with_seed0(res[what], seeds, what), cmp.accuracy(pool)).items():
                 m, lo, hi = cmp.at(e)
                 rows.setdefault(label, {})[f"{name} top-1 %"] = stats.fmt_ci(100 * m, 100 * lo, 100 * hi, ".1f")
             diffs[what] = cmp.differences(res[what], cmp.accuracy(pool))
         kw = dict(scale=100, unit=" points", fmt=".1f")
-        text = (f"At paper scale ({scale}), on the linear probe "
+        text = (f"At paper scale ({scale_text(seeds)}), on the linear probe "
                 f"{stats.compare_text('the trained MAE', 'the untrained encoder', diffs['linear-probe']['MAE − untrained'], **kw)}, "
-                f"and {stats.compare_text('i-MAE', 'the MAE', diffs['linear-probe']['i-MAE − MAE'], **kw)}; on kNN "
+                f"and {stats.compare_text('i-MAE', 'the MAE', diffs['linear-probe']['i-MAE − MAE'], **kw)}"
+                f"{equal_compute('linear-probe', cmp.accuracy(pool), **kw)}; on kNN "
                 f"{stats.compare_text('i-MAE', 'the MAE', diffs['knn']['i-MAE − MAE'], **kw)}")
-        return text, pd.DataFrame(rows).T.rename_axis("model")
+        ft = camp.evaluations("finetune", stage="finetune")
+        if ft:
+            for label, e in cmp.estimates(ft, cmp.accuracy(pool)).items():
+                m, lo, hi = cmp.at(e)
+                rows.setdefault(label, {})["fine-tuned top-1 % (seed 0)"] = stats.fmt_ci(100 * m, 100 * lo, 100 * hi,
+                                                                                         ".1f")
+            dft = cmp.differences(ft, cmp.accuracy(pool))
+            if "i-MAE − MAE" in dft:
+                text += f"; fine-tuned, {stats.compare_text('i-MAE', 'the MAE', dft['i-MAE − MAE'], **kw)}"
+        table = pd.DataFrame(rows).T.rename_axis("model")
+        return text, table.fillna("—")
     if chapter in ("separability", "semantics"):
         what = chapter
-        res = camp.evaluations(what)
+        res, seeds = main_results(what)
         if "MAE" not in res or "i-MAE" not in res:
             return pending(f"No paper-scale results yet: {wait}", camp)
         alphas = res["MAE"][0]["alphas"]
         k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
         metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
-        table = cmp.wide(cmp.frame(cmp.estimates(res, metric), index=alphas))
+        table = cmp.wide(cmp.frame(cmp.estimates(with_seed0(res, seeds, what), metric), index=alphas))
         d = cmp.differences(res, metric)
         name = ("the subordinate's R² over each model's clean ceiling" if what == "separability"
                 else "the subordinate's class accuracy")
-        text = (f"At paper scale ({scale}), on {name} at α = {alphas[k]}, "
+        text = (f"At paper scale ({scale_text(seeds)}), on {name} at α = {alphas[k]}, "
                 f"{stats.compare_text('i-MAE', 'the MAE', d['i-MAE − MAE'], index=k)}")
         if "MAE − untrained" in d:
             text += f", and {stats.compare_text('the MAE', 'the untrained encoder', d['MAE − untrained'], index=k)}"
         else:
             text += " (the untrained control is not evaluated yet)"
+        text += equal_compute(what, metric, k=k)
+        if what == "semantics":  # the pretraining-side study: same-class sampling (same_prob) at seed 0
+            sp = {}
+            for st, label in (("imae-sp0", "i-MAE, same_prob 0"), ("imae-sp0.5", "i-MAE, same_prob 0.5")):
+                r = camp.variant(st, what)
+                if r is not None:
+                    sp[label] = [r]
+            if sp:
+                one = {"i-MAE": camp.evaluations(what)["i-MAE"], **sp}
+                pairs = {f"i-MAE − {label}": ("i-MAE", label) for label in sp}
+                diffs = cmp.differences(one, metric, pairs=pairs)
+                text += "; " + ", and ".join(
+                    stats.compare_text("the standard i-MAE (same_prob 1)", f"the one with {label.split(', ')[1]}",
+                                       dv, index=k) for label, dv in zip(sp, diffs.values()))
+                table = pd.concat([table, cmp.wide(cmp.frame(cmp.estimates(sp, metric), index=alphas))], axis=1)
         return text, table
+    if chapter == "reconstruction":
+        res = camp.evaluations("reconstruction")
+        if "MAE" not in res or "i-MAE" not in res:
+            return pending(f"No paper-scale results yet: {wait}", camp)
+        alphas = res["MAE"][0]["alphas"]
+        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        rows = {}
+        for part, name in (("sub", "subordinate"), ("dom", "dominant")):
+            for label, e in cmp.estimates(res, cmp.at_alpha(cmp.psnr_own(part), k)).items():
+                m, lo, hi = cmp.at(e)
+                rows.setdefault(label, {})[f"PSNR {name}, removed patches, dB (α = {alphas[k]})"] = \
+                    stats.fmt_ci(m, lo, hi, ".2f")
+        d = cmp.differences(res, cmp.at_alpha(cmp.psnr_own("sub"), k))
+        text = (f"At paper scale ({scale}), on the removed patches of the subordinate image at α = {alphas[k]}, "
+                f"{stats.compare_text('the i-MAE', 'the MAE', d['i-MAE − MAE'], unit=' dB', fmt='.2f')}")
+        if "MAE − untrained" in d:
+            text += (", and " + stats.compare_text("the MAE", "the untrained model", d["MAE − untrained"],
+                                                   unit=" dB", fmt=".2f"))
+        return text, pd.DataFrame(rows).T.rename_axis("model")
+    if chapter == "ablations":
+        res = {w: camp.ablations(w) for w in ("separability", "reconstruction", "linear-probe")}
+        variants = [v for v in res["separability"] if v != "standard"]
+        if not variants:
+            return pending(f"No paper-scale results yet: {wait}", camp)
+        alphas = res["separability"]["standard"][0]["alphas"]
+        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        measures = {f"LS sub R² (α = {alphas[k]})": ("separability", cmp.at_alpha(cmp.ls("sub", pool), k), 1.0, ".3f"),
+                    f"PSNR sub dB (α = {alphas[k]})": ("reconstruction", cmp.at_alpha(cmp.psnr_own("sub"), k), 1.0, ".2f"),
+                    "linear probe %": ("linear-probe", cmp.accuracy(pool), 100.0, ".1f")}
+        rows, moves = {}, {}
+        for col, (what, metric, sc, fmt) in measures.items():
+            r = res[what]
+            for label, e in cmp.estimates(r, metric).items():
+                m, lo, hi = cmp.at(e)
+                rows.setdefault(label, {})[col] = stats.fmt_ci(sc * m, sc * lo, sc * hi, fmt)
+            pairs = {v: (v, "standard") for v in r if v != "standard"}
+            for v, dv in cmp.differences(r, metric, pairs=pairs).items():
+                moves[(v, col.split(" (")[0])] = (float(dv.lo), float(dv.hi))
+        moved = stats.moves_text(moves)
+        text = (f"At paper scale ({scale}; {len(variants)} of the {len(_ablation_stages(camp))} ablations back), "
+                + (f"against the standard i-MAE beyond the noise of one training seed: {moved}" if moved else
+                   "no variant differs from the standard i-MAE beyond the noise of one training seed"))
+        table = pd.DataFrame(rows).T.rename_axis("variant").reindex(["standard", *variants])
+        return text, table.fillna("—")
     return pending(f"No paper-scale results yet: {wait}", camp)
+
+
+def _ablation_stages(camp: CampaignResults) -> list[str]:
+    from .stages import default_stages
+
+    return [st.name for st in default_stages(camp.preset or "cifar") if st.name.startswith("ablation-")]
 
 
 def load_campaign(preset: str = "cifar", root: str | os.PathLike | None = None) -> CampaignResults:
