@@ -128,6 +128,10 @@ def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["notebooks_s"] == {"pretrain": 100.0, "separability": 50.0} and rec["total_s"] == 150.0
     assert rec["from_scratch"] == {"wall_s": 200.0} and rec["figure_s"] == {"separability": 20.0}
+    from imae.reproduce import NOTEBOOKS, timing_is_partial
+
+    # `--only` naming every notebook is still a rerun; only a plain `make reproduce` is a full run
+    assert timing_is_partial(list(NOTEBOOKS)) and timing_is_partial(["findings"]) and not timing_is_partial(None)
     write_timings(path, "small", {"pretrain": 90.0, "separability": 40.0})  # a new full run replaces it all
     rec = json.loads(path.read_text())
     assert "from_scratch" not in rec and "figure_s" not in rec and rec["total_s"] == 130.0
