@@ -242,35 +242,17 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
     except ImaeError:
         return pending("No GPU campaign results are stored yet")
     ep = {**camp.epochs("mae"), **camp.epochs("imae")}
-    n_seeds = len(camp.seeds())
 
     def scale_text(seeds: int) -> str:
         return (f"ViT-Tiny/2 on all of CIFAR-10, MAE {ep.get('mae', '?')} + i-MAE {ep.get('imae', '?')} epochs, "
                 f"{'one training seed' if seeds == 1 else f'{seeds} training seeds'}, {', '.join(camp.devices())}")
 
-    def main_results(what: str) -> tuple[dict, int]:
-        """Every training seed where the campaign has them (MAE, i-MAE, untrained), else seed 0 alone."""
-        res = camp.evaluations(what, seeds=True) if n_seeds > 1 else {}
-        if "MAE" in res and "i-MAE" in res:
-            return res, n_seeds
-        return camp.evaluations(what), 1
-
-    def equal_compute(what: str, metric, k=(), **kw) -> str:
-        """The equal-compute control's sentence (seed 0), or "" before stage mae-continued came back."""
-        one = camp.evaluations(what)
-        if "MAE continued" not in one or "i-MAE" not in one:
+    def equal_compute(d: dict, k=(), **kw) -> str:
+        """The equal-compute control's sentence (seed-0 pairs), or "" before stage mae-continued came back."""
+        if "i-MAE − MAE continued" not in d:
             return ""
-        d = cmp.differences(one, metric)["i-MAE − MAE continued"]
         return (f"; against the MAE trained as long as the i-MAE (the equal-compute control, seed 0), "
-                f"{stats.compare_text('i-MAE', 'it', d, index=k, **kw)}")
-
-    def with_seed0(res: dict, seeds: int, what: str) -> dict:
-        """``res`` plus the models scored at seed 0 only (the equal-compute MAE), labelled so when ``res``
-        spans several seeds: for the tables (differences pair seeds one to one, so they use ``res`` alone)."""
-        if seeds == 1:
-            return res
-        one = camp.evaluations(what)
-        return {**res, **{f"{k} (seed 0)": v for k, v in one.items() if k not in res}}
+                f"{stats.compare_text('i-MAE', 'it', d['i-MAE − MAE continued'], index=k, **kw)}")
 
     scale = scale_text(1)
     wait = ("the campaign's ablation stages have not run yet" if chapter == "ablations" else
@@ -291,22 +273,19 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
                 f"{'fell' if fell else 'did not fall everywhere'} from the first epoch to the last")
         return text, table
     if chapter == "classification":
-        res, seeds = {}, 1
-        for w in ("knn", "linear-probe"):
-            res[w], seeds = main_results(w)
-        if not all(res.values()):
+        if not all("MAE" in camp.evaluations(w) for w in ("knn", "linear-probe")):
             return pending(f"No paper-scale results yet: {wait}", camp)
-        rows, diffs = {}, {}
+        rows, diffs, seeds = {}, {}, 1
         for what, name in (("knn", "kNN"), ("linear-probe", "linear probe")):
-            for label, e in cmp.estimates(with_seed0(res[what], seeds, what), cmp.accuracy(pool)).items():
+            est, diffs[what], seeds = camp.compare(what, cmp.accuracy(pool))
+            for label, e in est.items():
                 m, lo, hi = cmp.at(e)
                 rows.setdefault(label, {})[f"{name} top-1 %"] = stats.fmt_ci(100 * m, 100 * lo, 100 * hi, ".1f")
-            diffs[what] = cmp.differences(res[what], cmp.accuracy(pool))
         kw = dict(scale=100, unit=" points", fmt=".1f")
         text = (f"At paper scale ({scale_text(seeds)}), on the linear probe "
                 f"{stats.compare_text('the trained MAE', 'the untrained encoder', diffs['linear-probe']['MAE − untrained'], **kw)}, "
                 f"and {stats.compare_text('i-MAE', 'the MAE', diffs['linear-probe']['i-MAE − MAE'], **kw)}"
-                f"{equal_compute('linear-probe', cmp.accuracy(pool), **kw)}; on kNN "
+                f"{equal_compute(diffs['linear-probe'], **kw)}; on kNN "
                 f"{stats.compare_text('i-MAE', 'the MAE', diffs['knn']['i-MAE − MAE'], **kw)}")
         ft = camp.evaluations("finetune", stage="finetune")
         if ft:
@@ -321,14 +300,14 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         return text, table.fillna("—")
     if chapter in ("separability", "semantics"):
         what = chapter
-        res, seeds = main_results(what)
-        if "MAE" not in res or "i-MAE" not in res:
+        one = camp.evaluations(what)
+        if "MAE" not in one or "i-MAE" not in one:
             return pending(f"No paper-scale results yet: {wait}", camp)
-        alphas = res["MAE"][0]["alphas"]
+        alphas = one["MAE"][0]["alphas"]
         k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
         metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
-        table = cmp.wide(cmp.frame(cmp.estimates(with_seed0(res, seeds, what), metric), index=alphas))
-        d = cmp.differences(res, metric)
+        est, d, seeds = camp.compare(what, metric)
+        table = cmp.wide(cmp.frame(est, index=alphas))
         name = ("the subordinate's R² over each model's clean ceiling" if what == "separability"
                 else "the subordinate's class accuracy")
         text = (f"At paper scale ({scale_text(seeds)}), on {name} at α = {alphas[k]}, "
@@ -337,7 +316,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
             text += f", and {stats.compare_text('the MAE', 'the untrained encoder', d['MAE − untrained'], index=k)}"
         else:
             text += " (the untrained control is not evaluated yet)"
-        text += equal_compute(what, metric, k=k)
+        text += equal_compute(d, k=k)
         if what == "semantics":  # the pretraining-side study: same-class sampling (same_prob) at seed 0
             sp = {}
             for st, label in (("imae-sp0", "i-MAE, same_prob 0"), ("imae-sp0.5", "i-MAE, same_prob 0.5")):
