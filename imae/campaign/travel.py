@@ -143,7 +143,10 @@ def plan(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest: 
 
 
 def _is_git(repo: Path) -> bool:
-    return bool(_git(repo, "rev-parse", "--git-dir", check=False).strip())
+    try:
+        return bool(_git(repo, "rev-parse", "--git-dir", check=False).strip())
+    except ConfigError:  # no git on this machine: nothing can have been made light here
+        return False
 
 
 def state(repo: str | os.PathLike) -> dict | None:
