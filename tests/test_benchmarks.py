@@ -182,6 +182,31 @@ def test_config_search_scores_each_configuration_against_its_untrained_encoder(t
     assert scores(again) == scores(res)
 
 
+def test_config_search_over_training_seeds_pairs_each_configuration_with_the_first(toy_root, tmp_path):
+    """--seeds: each configuration trained with every seed, intervals over seeds, and every configuration after
+    the first compared with it, paired by training seed and test item."""
+    from benchmarks import config_search
+
+    micro = ["data.download=false", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+             "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
+             "train.batch_size=32", "train.epochs=1"]
+    res = config_search.main(["--preset", "tiny", "--configs", "preset as is", "twice the learning rate",
+                              "--seeds", "0", "1", "--data-root", str(toy_root), "--runs-dir", str(tmp_path / "runs"),
+                              "--max-images", "100", "--device", "cpu", *[a for kv in micro for a in ("--set", kv)]])
+    assert res["seeds"] == [0, 1] and res["seed"] == 0
+    first, second = res["configs"]["preset as is"], res["configs"]["twice the learning rate"]
+    assert len(first["train_s_per_seed"]) == 2 and "vs_first" not in first
+    for what in ("knn", "linear-probe"):
+        m, lo, hi = second["vs_first"][what]
+        assert lo <= m <= hi
+        # the paired difference's mean is the difference of the two means over the same seeds and items
+        assert m == pytest.approx(second[what]["trained"][0] - first[what]["trained"][0], abs=1e-9)
+    # one trained run per configuration and seed; the untrained controls of a seed score alike (same architecture)
+    names = [p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    assert sum(n.startswith("tiny-mae-") for n in names) == 4
+    assert first["knn"]["untrained"] == second["knn"]["untrained"]
+
+
 def test_classifier_fits_compares_three_paths_on_the_same_problems(tmp_path):
     from benchmarks import classifier_fits
 
