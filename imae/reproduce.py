@@ -267,16 +267,36 @@ def write_performance(book_dir: Path) -> Path:
         def pts(t) -> str:
             return f"{100 * t[0]:.1f}" if len(t) == 1 else f"{100 * t[0]:+.1f} [{100 * t[1]:+.1f}, {100 * t[2]:+.1f}]"
 
+        seeds = r.get("seeds")
+        first = next(iter(r["configs"]), "")
+
+        def vs(c) -> str:
+            if not seeds:
+                return ""
+            v = c.get("vs_first")
+            return (f" {pts(v['knn'])} | {pts(v['linear-probe'])} |" if v else " — | — |")
+
         rows = [f"| {name} | {c['epochs']} | {c['train_s']:,.0f} | {100 * c['knn']['trained'][0]:.1f} / "
                 f"{100 * c['knn']['untrained'][0]:.1f} | {pts(c['knn']['gain'])} | "
                 f"{100 * c['linear-probe']['trained'][0]:.1f} / {100 * c['linear-probe']['untrained'][0]:.1f} | "
-                f"{pts(c['linear-probe']['gain'])} |" for name, c in r["configs"].items()]
-        parts += [f"**Choosing the CPU edition's recipe** (`benchmarks/config_search.py`, {r['preset']} preset "
-                  f"overridden one field at a time, MAE only, training seed {r['seed']}, evaluated on "
-                  f"{r['max_images']:,} images per split; source `results/{f.name}`): each variant against the "
-                  f"untrained encoder of its own architecture, gains with paired 95 % intervals (points).", "",
-                  "| variant | epochs | training (s) | kNN % trained / untrained | kNN gain | probe % trained / "
-                  "untrained | probe gain |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows, ""]
+                f"{pts(c['linear-probe']['gain'])} |{vs(c)}" for name, c in r["configs"].items()]
+        if seeds:
+            head = (f"**The CPU edition's recipe over training seeds** (`benchmarks/config_search.py --seeds`, "
+                    f"{r['preset']} preset, MAE only, training seeds {', '.join(map(str, seeds))}, every model "
+                    f"evaluated on the same {r['max_images']:,} images per split; source `results/{f.name}`): means "
+                    f"over the seeds, intervals adding the seeds' spread to the items' (points); the last two "
+                    f"columns compare each variant with `{first}`, paired by seed and image; training (s) is the "
+                    f"mean per seed.")
+            extra_h, extra_a = " kNN vs first | probe vs first |", " ---: | ---: |"
+        else:
+            head = (f"**Choosing the CPU edition's recipe** (`benchmarks/config_search.py`, {r['preset']} preset "
+                    f"overridden one field at a time, MAE only, training seed {r['seed']}, evaluated on "
+                    f"{r['max_images']:,} images per split; source `results/{f.name}`): each variant against the "
+                    f"untrained encoder of its own architecture, gains with paired 95 % intervals (points).")
+            extra_h = extra_a = ""
+        parts += [head, "", "| variant | epochs | training (s) | kNN % trained / untrained | kNN gain | probe % "
+                  "trained / untrained | probe gain |" + extra_h,
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra_a, *rows, ""]
     for f in sorted((book_dir / "results").glob("reproduce_*.json")):
         r = json.loads(f.read_text())
         rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]

@@ -114,6 +114,14 @@ def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp
         "preset": "small", "seed": 0, "max_images": 5000, "configs": {"preset as is": row}}))
     text = write_performance(tmp_path).read_text()
     assert "| preset as is | 10 | 600 | 41.0 / 28.0 | +13.0 [+11.0, +15.0] | 49.0 / 41.0 | +8.0 [+7.0, +9.0] |" in text
+    other = {**row, "vs_first": {"knn": [-0.005, -0.01, 0.0], "linear-probe": [0.02, 0.01, 0.03]}}
+    (results / "config_search_small_seeds.json").write_text(json.dumps({
+        "preset": "small", "seed": 0, "seeds": [0, 1, 2], "max_images": 5000,
+        "configs": {"preset as is": row, "twice the learning rate": other}}))
+    text = write_performance(tmp_path).read_text()
+    assert "training seeds 0, 1, 2" in text and "compare each variant with `preset as is`" in text
+    assert "| preset as is | 10 | 600 | 41.0 / 28.0 | +13.0 [+11.0, +15.0] | 49.0 / 41.0 | +8.0 [+7.0, +9.0] | — | — |" in text
+    assert "| +8.0 [+7.0, +9.0] | -0.5 [-1.0, +0.0] | +2.0 [+1.0, +3.0] |" in text
 
 
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
