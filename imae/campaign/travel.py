@@ -182,6 +182,8 @@ def light(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=
         raise ConfigError(f"--travel light: {len(staged)} staged change(s) under the paths it would untrack "
                           f"(first: {staged[0]}); commit or unstage them first (git restore --staged PATH)")
     before = checkout_bytes(repo)
+    # The record first: should anything below fail, `--travel restore` still knows what to put back.
+    _git_path(repo, STATE_NAME).write_text(json.dumps({"preset": preset, **p}, indent=1) + "\n")
     if leave:
         _git(repo, "rm", "-r", "--cached", "-q", "--ignore-unmatch", "--", *leave)
     exclude = _git_path(repo, "info/exclude")
@@ -189,7 +191,6 @@ def light(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=
     text = _exclude_without_block(exclude.read_text() if exclude.is_file() else "")
     block = [BEGIN] + [f"/{x}" for x in leave] + [END]
     exclude.write_text(text + "\n".join(block) + "\n")
-    _git_path(repo, STATE_NAME).write_text(json.dumps({"preset": preset, **p}, indent=1) + "\n")
     after = checkout_bytes(repo)
     report = _report(after)
     log(f"travel light for stages {p['stages']}: weights kept {p['weights_kept']}; left behind "
