@@ -123,7 +123,8 @@ class CampaignResults:
                 out[label] = [r]
         if not seeds:
             return out
-        for s in self.seeds()[1:]:
+        trained = self.seeds()
+        for s in trained[1:]:
             for model, label in (("mae", "MAE"), ("imae", "i-MAE"), (f"untrained-{s}", "untrained")):
                 if label in out:
                     r = self._load(f"seed{s}", model, what)
@@ -131,8 +132,7 @@ class CampaignResults:
                         del out[label]
                     else:
                         out[label].append(r)
-        n = len(self.seeds())
-        return {k: v for k, v in out.items() if len(v) == n}
+        return {k: v for k, v in out.items() if len(v) == len(trained)}
 
     def compare(self, what: str, metric, *, stage: str = "eval") -> tuple[dict, dict, int]:
         """Estimates and paired differences of ``metric`` on ``what`` as the book reports them.
@@ -163,10 +163,9 @@ class CampaignResults:
         if std is not None:
             out["standard"] = [std]
         for st in default_stages(self.preset or "cifar"):
-            if st.name.startswith("ablation-") and self.done(st.name):
-                r = self._load(st.name, st.name, what)
-                if r is not None:
-                    out[st.why.split(": ", 1)[-1]] = [r]
+            r = self.variant(st.name, what) if st.name.startswith("ablation-") else None
+            if r is not None:
+                out[st.why.split(": ", 1)[-1]] = [r]
         return out
 
     def throughput(self) -> dict | None:
@@ -324,9 +323,8 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
                 if r is not None:
                     sp[label] = [r]
             if sp:
-                one = {"i-MAE": camp.evaluations(what)["i-MAE"], **sp}
                 pairs = {f"i-MAE − {label}": ("i-MAE", label) for label in sp}
-                diffs = cmp.differences(one, metric, pairs=pairs)
+                diffs = cmp.differences({"i-MAE": one["i-MAE"], **sp}, metric, pairs=pairs)
                 text += "; " + ", and ".join(
                     stats.compare_text("the standard i-MAE (same_prob 1)", f"the one with {label.split(', ')[1]}",
                                        dv, index=k) for label, dv in zip(sp, diffs.values()))

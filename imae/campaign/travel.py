@@ -48,18 +48,16 @@ def checkout_bytes(repo: str | os.PathLike) -> int | None:
 
 
 def travel_report(repo: str | os.PathLike, data_bytes: int = DATA_PACK_BYTES) -> dict | None:
-    """How much of the 64 MiB a GPU call would carry (the checkout + the CIFAR-10 packs)."""
+    """How much of the 64 MiB a GPU call from the whole checkout would carry (the checkout + the CIFAR-10
+    packs); None where git cannot tell."""
     n = checkout_bytes(repo)
     if n is None:
         return None
-    total = n + data_bytes
-    ok = total <= TRAVEL_LIMIT
-    msg = (f"a GPU call now carries {n / 1e6:.1f} MB of the checkout + {data_bytes / 1e6:.1f} MB of data packs = "
-           f"{total / 2**20:.1f} of {TRAVEL_LIMIT / 2**20:.0f} MiB")
-    if not ok:
-        msg = ("WARNING: " + msg + ": over the limit, a GPU call from the whole checkout would be refused. Fix: "
-               "python -m imae campaign --travel light [--stages ...] before the call (campaign/README.md)")
-    return {"checkout_bytes": n, "data_bytes": data_bytes, "total_bytes": total, "ok": ok, "message": msg}
+    r = _report(n, data_bytes)
+    if not r["ok"]:
+        r["message"] += (": a GPU call from the whole checkout would be refused. Fix: python -m imae campaign "
+                         "--travel light [--stages ...] before the call (campaign/README.md)")
+    return {"checkout_bytes": n, "data_bytes": data_bytes, **r}
 
 
 BEGIN = "# imae campaign --travel light: begin (python -m imae campaign --travel restore removes this block)"
@@ -224,6 +222,7 @@ def _tracked_in_head(repo: Path, path: str) -> bool:
 
 
 def _report(n: int | None, data_bytes: int = DATA_PACK_BYTES) -> dict:
+    """{"total_bytes", "ok", "message"} for a checkout of ``n`` bytes plus the data packs."""
     total = (n or 0) + data_bytes
     ok = total <= TRAVEL_LIMIT
     msg = (f"a GPU call carries {total / 2**20:.1f} of {TRAVEL_LIMIT / 2**20:.0f} MiB "
@@ -247,4 +246,5 @@ def show(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=N
     return {"light": False, **p, "projected": _report(projected)}
 
 
-__all__ = ["TRAVEL_LIMIT", "DATA_PACK_BYTES", "checkout_bytes", "travel_report", "plan", "light", "restore", "show", "state", "model_refs"]
+__all__ = ["TRAVEL_LIMIT", "DATA_PACK_BYTES", "checkout_bytes", "travel_report", "plan", "light", "restore", "show",
+           "state", "model_refs"]

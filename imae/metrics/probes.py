@@ -57,11 +57,27 @@ def _threads_for(x: torch.Tensor):
             torch.set_num_threads(old)
 
 
+@torch.no_grad()
+def _objective(x, y, rows, w, b, weight_decay: float, grad_w=None, grad_b=None):
+    """Mean cross-entropy of ``x @ w + b`` + weight_decay/2 ||w||², and its gradient in closed form
+    ((softmax - onehot) / n): ``(loss, grad_w, grad_b)``, the gradients written into ``grad_w`` / ``grad_b``
+    where given. ``rows`` is ``arange(len(x))`` (made once by the caller)."""
+    logits = torch.addmm(b, x, w)
+    lse = logits.logsumexp(dim=1)
+    loss = (lse - logits[rows, y]).mean() + 0.5 * weight_decay * (w * w).sum()
+    p = (logits - lse[:, None]).exp_()
+    p[rows, y] -= 1.0
+    p /= x.shape[0]
+    grad_w = torch.addmm(w, x.T, p, alpha=1.0, beta=weight_decay, out=grad_w)
+    grad_b = torch.sum(p, dim=0, out=grad_b)
+    return loss, grad_w, grad_b
+
+
 def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> dict:
     """Minimise mean cross-entropy + weight_decay/2 ||W||² in place (full batch), from the current w, b.
 
     L-BFGS (:func:`imae.metrics.lbfgs.minimize`: history 20, the tolerances of torch's defaults, one host
-    synchronisation per function evaluation). The gradient is written in closed form ((softmax - onehot) / n):
+    synchronisation per function evaluation) on :func:`_objective`, whose gradient is written in closed form:
     on small problems autograd's per-call overhead, not arithmetic, would dominate the hundreds of evaluations.
     Returns the optimiser's record (loss, iterations, evaluations, why it stopped).
     """
@@ -69,18 +85,10 @@ def _lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> dict:
     d, c = w.shape
     n_w = d * c
 
-    @torch.no_grad()
     def fun(theta):
-        wt, bt = theta[:n_w].view(d, c), theta[n_w:]
-        logits = torch.addmm(bt, x, wt)
-        lse = logits.logsumexp(dim=1)
-        loss = (lse - logits[rows, y]).mean() + 0.5 * weight_decay * (wt * wt).sum()
-        p = (logits - lse[:, None]).exp_()
-        p[rows, y] -= 1.0
-        p /= x.shape[0]
         grad = torch.empty_like(theta)
-        torch.addmm(wt, x.T, p, alpha=1.0, beta=weight_decay, out=grad[:n_w].view(d, c))
-        torch.sum(p, dim=0, out=grad[n_w:])
+        loss, _, _ = _objective(x, y, rows, theta[:n_w].view(d, c), theta[n_w:], weight_decay,
+                                grad_w=grad[:n_w].view(d, c), grad_b=grad[n_w:])
         return loss, grad
 
     with _threads_for(x), torch.no_grad():
