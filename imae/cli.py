@@ -104,8 +104,12 @@ def cmd_reproduce(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    record = export(args.run, args.out, to=args.to)
-    print(f"{record['kind']} encoder of {args.run} -> {args.out}/{record['weights']} + {args.out}/timm_kwargs.json")
+    record = export(args.run, args.out, to=args.to, dtype=args.dtype, card=not args.no_card)
+    files = ", ".join(f for f in (record["weights"], "config.json", "timm_kwargs.json", record.get("card"),
+                                  "export.json") if f)
+    print(f"{record['kind']} encoder of {args.run} ({record['n_params']:,} parameters, {record['dtype']}) -> "
+          f"{args.out}: {files}\n"
+          f"load it with timm.create_model(\"local-dir:{args.out}\", pretrained=True)")
     return 0
 
 
@@ -134,10 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="do not build the book afterwards")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("export", help="write a trained encoder for another library (timm)")
+    p = sub.add_parser("export", help="write a trained encoder as a timm hub folder (timm.create_model('local-dir:OUT'))")
     p.add_argument("--to", default="timm", choices=["timm"], help="target library (default timm)")
-    p.add_argument("run", metavar="RUN", help="MAE or i-MAE run directory or checkpoint")
-    p.add_argument("out", metavar="OUT", help="folder for model.safetensors, timm_kwargs.json, export.json")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16"],
+                   help="weights' precision (auto: float32 for a run, a published model's stored float16)")
+    p.add_argument("--no-card", action="store_true", help="do not write README.md, the model card")
+    p.add_argument("run", metavar="RUN", help="MAE or i-MAE run directory or checkpoint, or a published model "
+                                              "(cifar-mae, cifar-imae) or its card .json")
+    p.add_argument("out", metavar="OUT", help="folder for config.json, model.safetensors, README.md (the card), "
+                                              "timm_kwargs.json, export.json")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("make-toy-data", help="write a small synthetic CIFAR-10-layout dataset (tests, CI)")

@@ -206,6 +206,43 @@ def load_pretrained(name: str, *, root: str | os.PathLike | None = None, device:
     return model.to(device).eval()
 
 
+# ------------------------------------------------------------------------------------------ portability
+# Config fields that hold where something lay on the training machine: what a published card must not carry
+# (they are operational or identified otherwise: the data root is not part of the fingerprint, the teacher
+# counts by its fingerprint, recorded beside it). Whoever rebuilds a run from a card passes its own
+# (materialize_run's config_overrides).
+MACHINE_FIELDS = ("data.root", "imae.teacher", "train.init_from")
+
+
+def portable_card(card: dict) -> dict:
+    """A copy of ``card`` without the training machine's paths: ``data.root`` becomes None (the reader's
+    default data root), ``imae.teacher`` and ``train.init_from`` the name of the model they name (the card's
+    ``teacher`` / ``init_from`` when recorded, else the path's last part). Nothing else changes: not the
+    fingerprint, not the checksum of the weights."""
+    out = json.loads(json.dumps(card))
+    cfg = out.get("config") or {}
+    if cfg.get("data", {}).get("root") is not None:
+        cfg["data"]["root"] = None
+    for key, named in (("imae.teacher", "teacher"), ("train.init_from", "init_from")):
+        sec, field = key.split(".")
+        value = cfg.get(sec, {}).get(field)
+        if value:
+            cfg[sec][field] = out.get(named) or Path(str(value).replace("\\", "/")).name
+    return out
+
+
+def make_portable(card_path: str | os.PathLike) -> bool:
+    """Rewrite a stored card as :func:`portable_card`; True when it changed. The weights file is not
+    touched (its sha256, recorded in the card, stays right)."""
+    card_path = Path(card_path)
+    card = read_card(card_path)
+    new = portable_card(card)
+    if new == card:
+        return False
+    _atomic_json(card_path, new)
+    return True
+
+
 # ------------------------------------------------------------------------------------------ run folders
 def materialize_run(card_path: str | os.PathLike, run_dir: str | os.PathLike, **config_overrides) -> Path:
     """A finished run directory (``config.yaml`` + ``checkpoint.pt``) holding a stored model, for the engine
@@ -268,4 +305,4 @@ def check_weights_budget(folders, *, per_model: int = MAX_MODEL_BYTES, total: in
 
 __all__ = ["WEIGHTS_FORMAT", "MAX_MODEL_BYTES", "WeightsError", "save_weights", "load_pretrained", "find_card",
            "read_card", "verify", "state_dict_from", "build_model", "materialize_run", "sha256_file",
-           "weights_root", "known_names", "check_weights_budget"]
+           "weights_root", "known_names", "check_weights_budget", "portable_card", "make_portable", "MACHINE_FIELDS"]
