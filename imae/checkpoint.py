@@ -14,18 +14,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import random
-import sys
-import zipfile
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import ARCH_FIELDS, RunConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError, os_reason, storage_error
 from .models import MaskedAutoencoderViT, freeze_teacher, mae_from_config
 
 FORMAT = "imae-checkpoint-v1"
@@ -38,16 +39,27 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() else p
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+def save_checkpoint(state: dict, path: str | os.PathLike, *, intact: str | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically (see the module docstring).
+
+    A failure of the machine (disk full, read-only, no permission; torch reports a full disk as a
+    ``RuntimeError`` of its zip writer) is a one-line :class:`~imae.errors.StorageError` that says the previous
+    checkpoint is untouched (``intact``: the caller's words for it, e.g. its step).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        error = _write_failure(e, tmp, path, intact)
+        if error is None:
+            raise
+        raise error from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -62,12 +74,83 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _write_failure(e: BaseException, tmp: Path, path: Path, intact: str | None) -> StorageError | None:
+    """The StorageError for a failed checkpoint write, or None when ``e`` is not the machine's (a bug)."""
+    if isinstance(e, RuntimeError):  # torch's zip writer: "[enforce fail at inline_container.cc] unexpected pos"
+        text = str(e)
+        if not any(k in text for k in ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write")):
+            return None
+        probe = tmp.parent if tmp.parent.exists() else path.parent
+        try:
+            full = shutil.disk_usage(probe).free < 2**20  # measured while the partial temporary still lies there
+        except OSError:
+            full = False
+        e = OSError(errno.ENOSPC if full else errno.EIO, "write failed", str(tmp))
+        if not full:
+            safe = intact or (f"the previous checkpoint {path} is unchanged" if path.exists() else None)
+            return StorageError(f"writing the checkpoint {path} failed (torch: {_sentence(text)}); "
+                                f"{safe or 'no checkpoint was written before'}. Fix: check the disk, then run "
+                                f"the same command again", errno=errno.EIO, path=str(path))
+    if os_reason(e) is None:
+        return None
+    safe = intact or (f"the previous checkpoint {path} is unchanged" if path.exists() else
+                      "no checkpoint was written before")
+    return storage_error(e, doing="writing the checkpoint", path=path, intact=safe)
+
+
+def _sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of an error message (its first line up to the first full stop), whole; a longer one
+    ends at a word with an ellipsis, never in the middle of a word."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    head = re.split(r"\.\s+(?=[A-Z])", first)[0].rstrip(".")
+    if len(head) <= limit:
+        return head
+    return head[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+_ZIP_MAGIC, _LEGACY_TORCH = b"PK\x03\x04", b"\x80\x02\x8a"  # torch.save's zip format; its pre-1.6 format
+
+
+def _sniff(p: Path) -> str:
+    """What a file looks like from its first bytes: zip (torch.save), legacy (old torch.save), pickle (a plain
+    pickle.dump), empty, or other."""
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "empty"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_LEGACY_TORCH):
+        return "legacy"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "other"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint file (or ``<run dir>/checkpoint.pt``) safely; clear errors for every failure."""
     p = checkpoint_path(path)
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at {p}. Fix: pass the checkpoint file or the run directory that "
                               f"holds {CHECKPOINT_NAME} (train one with `python -m imae pretrain`)")
+    try:
+        kind = _sniff(p)
+    except OSError as e:
+        raise storage_error(e, doing="reading the checkpoint", path=p) if os_reason(e) else CheckpointError(
+            f"{p} cannot be read ({type(e).__name__}: {_sentence(str(e))})") from e
+    if kind == "empty":
+        raise CheckpointError(f"{p} is empty (0 bytes): a write that never happened or a copy that failed. "
+                              f"Fix: delete it and retrain, or restore an intact copy")
+    if kind == "pickle":
+        raise CheckpointError(
+            f"{p} is a plain Python pickle (written by pickle.dump), not a torch.save checkpoint; imae loads "
+            f"checkpoints with torch.load(weights_only=True), which never runs code from a file. Fix: in the "
+            f"environment that wrote it, load it and re-save it with torch.save(obj, path) (tensors and plain "
+            f"values only)")
+    if kind == "other":
+        raise CheckpointError(f"{p} is truncated or corrupted: it is in neither of torch.save's formats (zip, or "
+                              f"the older pickle). Fix: delete it and retrain, or restore an intact copy (or pass "
+                              f"the right file: a checkpoint, or the run directory that holds {CHECKPOINT_NAME})")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(p, map_location=map_location, weights_only=True)
@@ -76,15 +159,20 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         globals_ = [ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln]
         if globals_:  # a class or function reference: loading it could run code
             raise CheckpointError(
-                f"{p} contains Python objects other than tensors and plain values ({globals_[0][:200]}); imae "
+                f"{p} contains Python objects other than tensors and plain values ({_sentence(globals_[0])}); imae "
                 f"never executes code from a checkpoint. Fix: re-save only its state_dict, or use a trusted copy"
             ) from e
         detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
-        raise CheckpointError(f"{p} is truncated or corrupted (unreadable pickle: {detail[:160]}). "
+        raise CheckpointError(f"{p} is truncated or corrupted (unreadable pickle: {_sentence(detail)}). "
                               f"Fix: delete it and retrain, or restore an intact copy") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except OSError as e:
+        if os_reason(e):
+            raise storage_error(e, doing="reading the checkpoint", path=p) from e
+        raise CheckpointError(f"{p} cannot be read ({type(e).__name__}: {_sentence(str(e))}). "
+                              f"Fix: delete it and retrain, or restore an intact copy") from e
+    except Exception as e:  # torch.load on a damaged file raises many types (RuntimeError, EOFError, KeyError, ...)
         raise CheckpointError(
-            f"{p} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            f"{p} is truncated or corrupted ({type(e).__name__}{': ' + _sentence(str(e)) if str(e) else ''}). "
             f"Fix: delete it and retrain, or restore an intact copy") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
@@ -157,14 +245,23 @@ def load_teacher(cfg: RunConfig, device, source: str | None = None) -> tuple[Mas
         tcfg = ckpt["config"]
         if tcfg["train"]["method"] != "mae":
             raise CheckpointError(f"the teacher {path} is an i-MAE checkpoint; the teacher must be a vanilla MAE")
-        diff = [f"{k}={tcfg['model'][k]} (teacher) vs {getattr(cfg.model, k)} (student)" for k in ARCH_FIELDS
-                if tcfg["model"][k] != getattr(cfg.model, k)]
-        if diff:
+        fields = [k for k in ARCH_FIELDS if tcfg["model"][k] != getattr(cfg.model, k)]
+        if fields:
+            diff = "; ".join(f"{k}={tcfg['model'][k]} (teacher) vs {getattr(cfg.model, k)} (student)" for k in fields)
+            flags = " ".join(f"--set model.{k}={tcfg['model'][k]}" for k in fields)
+            presets = (f" (the teacher was trained with preset {tcfg.get('preset')!r}, the student uses "
+                       f"{cfg.preset!r})" if tcfg.get("preset") != cfg.preset else "")
             raise CheckpointError(
-                f"the teacher {path} does not match the student's architecture: {'; '.join(diff)}. Fix: train "
-                f"the teacher with the same preset (teacher preset: {tcfg.get('preset')}, student: {cfg.preset})")
+                f"the teacher {path} does not match the student's architecture: {diff}{presets}. The student is "
+                f"built as its teacher. Fix: give the student the teacher's model settings ({flags}; in Python "
+                f"the same model.* overrides), or train a teacher with the student's settings")
         if not ckpt.get("finished"):
-            print(f"warning: teacher {path} is an unfinished run (step {ckpt.get('step')})", file=sys.stderr)
+            epochs = tcfg.get("train", {}).get("epochs")
+            raise CheckpointError(
+                f"the teacher {path} never finished training (stopped at step {ckpt.get('step')}, epoch "
+                f"{ckpt.get('epoch')} of {epochs}); a student of a half-trained teacher is not the run its "
+                f"configuration describes. Fix: finish the teacher first (run the command that trained it "
+                f"again: it resumes from this checkpoint), then this one")
     teacher = mae_from_config(cfg.model)
     load_mae_weights(teacher, mae_state_dict(ckpt), source=str(path))
     teacher.checkpoint_step = ckpt.get("step")  # recorded with the fingerprint in the student's checkpoint

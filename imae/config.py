@@ -121,15 +121,21 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"a run config must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected {_SECTION_NAMES}")
+        problems = config_key_problems(d)
+        if problems:
+            path, close = problems[0]
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            where = (f"unknown config section {path[0]!r}; expected one of {_SECTION_NAMES}" if len(path) == 1
+                     else f"unknown field {path[1]!r} in config section {path[0]!r}")
+            more = f" ({len(problems) - 1} more unknown key(s): {[_dotted(p) for p, _ in problems[1:]]})" \
+                if len(problems) > 1 else ""
+            raise ConfigError(f"{where}.{hint}{more}")
         kw = {"preset": d.get("preset", "tiny")}
         for name, sec_cls in _SECTIONS.items():
-            sec = dict(d.get(name, {}))
-            bad = set(sec) - {f.name for f in dataclasses.fields(sec_cls)}
-            if bad:
-                raise ConfigError(f"unknown field(s) {sorted(bad)} in config section '{name}'")
+            sec = d.get(name) or {}
+            if not isinstance(sec, dict):
+                raise ConfigError(f"config section {name!r} must be a mapping of fields, got {sec!r}")
+            sec = dict(sec)
             kw[name] = sec_cls(**{k: coerce(f"{name}.{k}", v, _hints(sec_cls)[k]) for k, v in sec.items()})
         cfg = cls(**kw)
         if cfg.data.subset_per_class == 0:  # "every image", spelled so that it survives build_config's None-skip
@@ -140,6 +146,23 @@ class RunConfig:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "imae": IMAEConfig, "train": TrainConfig}
 _SECTION_NAMES = ["preset", *_SECTIONS]
+
+
+def config_key_problems(d: dict) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The keys of a config mapping (``RunConfig.to_dict()``'s layout) that no config has: [(path, the
+    nearest known names)], e.g. ``[(("train", "epocs"), ["epochs"])]``; empty when every key is known."""
+    out = []
+    for key, value in d.items():
+        if key not in _SECTION_NAMES:
+            out.append(((str(key),), difflib.get_close_matches(str(key), _SECTION_NAMES, n=1)))
+        elif key in _SECTIONS and isinstance(value, dict):
+            names = _field_names(_SECTIONS[key])
+            out += [((key, str(k)), difflib.get_close_matches(str(k), names, n=1)) for k in value if k not in names]
+    return out
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(path)
 
 # Fields that change how a run executes but not what it computes: excluded from the fingerprint. (The data
 # root is where the data lies, not which data; data.loader stays in: the two loaders resample differently.)
@@ -290,10 +313,13 @@ def coerce(name: str, value: Any, hint) -> Any:
     if not ok:
         short = name.split(".")[-1]
         example = {int: "10", float: "0.5", bool: "True", str: "name"}.get(hint, "[0.2, 1.0]")
-        raise ConfigError(
+        error = ConfigError(
             f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}). "
             f"Fix: pass e.g. `-p {short} {example}` to papermill or `{short}={example}` in Python."
         )
+        # what a caller needs to say the fix in its own terms (the command line: --set name=example)
+        error.parameter, error.expected, error.example, error.value = name, _type_name(hint), example, value
+        raise error
     return value
 
 

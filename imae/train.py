@@ -7,7 +7,10 @@ metrics per step (every ``log_every`` steps on CUDA, to avoid a host sync per st
 
 Reliability: a finite-loss guard that names the step, the loss terms and the last good checkpoint;
 SIGINT/SIGTERM write a checkpoint and stop; checkpoints are atomic and complete; a run is a pure function of
-(config, seed, step), so resuming gives the losses an uninterrupted run gives.
+(config, seed, step), so resuming gives the losses an uninterrupted run gives. One process trains a run folder
+at a time (a lock; a second gets one line naming the first); the folder is claimed (``config.yaml`` written)
+only once the data and model are built and the disk has room for two checkpoints; a failure of the machine
+(disk full, read-only, no permission) is one line naming the checkpoint that is intact.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, load_checkpoint, load_teacher, restore_rng, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, load_teacher, restore_rng, rng_state, save_checkpoint
 from .config import RunConfig, derived, fingerprint, validate
 from .data.pairs import mix_seed, sample_lambda
 from .data.sources import build_source
 from .devices import CompiledOrEager, describe_device, resolve_device
 from .distributed import DistInfo, all_reduce_max, barrier, init_distributed
-from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted, os_reason, storage_error
 from .losswindow import LossWindow
 from .models import IMAE, MaskedAutoencoderViT, imae_from_config, mae_from_config
-from .runs import MetricsLog, StopSignals, open_run_dir
+from .runs import (CONFIG_NAME, FolderLock, MetricsLog, StopSignals, check_free_space, check_run_dir, claim_run_dir,
+                   read_run_config)
 from .schedule import warmup_cosine
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig, base_lr: float) -> float:
@@ -90,7 +94,8 @@ class Trainer:
         self.log_every = t.log_every or (1 if device.type == "cpu" else 25)
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         self.metrics = MetricsLog(self.run_dir, enabled=info.is_main)
-        self.progress = progress and info.is_main
+        # bars only where someone watches: not into a log file, a notebook's stderr or a CI job
+        self.progress = progress and info.is_main and _is_terminal(sys.stderr)
         self.step, self.epoch, self.batch, self.elapsed = 0, 0, 0, 0.0
         self.last_good: int | None = None
         self.keys = ["loss", *(["loss_rec"] if cfg.method == "mae" else IMAE.LOSS_TERMS)]
@@ -104,6 +109,20 @@ class Trainer:
         self.window = LossWindow(self.keys, device, t.batch_size)
 
     # ------------------------------------------------------------------------------------ state
+    def intact(self) -> str:
+        """What is safe if this run stops now on a failure of the machine, in words for a message."""
+        if self.last_good is not None and self.ckpt_path.exists():
+            return (f"the last complete checkpoint, {self.ckpt_path} (step {self.last_good}), is intact: the same "
+                    f"command resumes from it")
+        return "no checkpoint was written yet: the same command starts the run again"
+
+    def checkpoint_bytes(self) -> int:
+        """About how large this run's checkpoint is: the model's tensors, AdamW's two moments of every
+        trained parameter, and a margin for the rest (RNG states, config, zip headers)."""
+        model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        moments = sum(2 * p.numel() * 4 for p in self.model.parameters() if p.requires_grad)
+        return model + moments + 256 * 1024
+
     def state_dict(self, finished: bool = False) -> dict:
         return {
             "format": FORMAT, "config": self.cfg.to_dict(), "fingerprint": self.fp, "finished": finished,
@@ -131,7 +150,7 @@ class Trainer:
 
     def save(self, finished: bool = False) -> None:
         if self.info.is_main:
-            save_checkpoint(self.state_dict(finished), self.ckpt_path)
+            save_checkpoint(self.state_dict(finished), self.ckpt_path, intact=self.intact())
         # Data parallel: no process may read the run directory (e.g. as the next stage's teacher, or to see
         # that the run finished) before the main process has written it.
         barrier(self.info)
@@ -246,12 +265,34 @@ class Trainer:
         self.save(finished=True)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _finished_run(run_dir: Path, fp: str) -> bool:
+    """Whether ``run_dir`` holds the finished run of fingerprint ``fp`` (only reads)."""
+    if not (run_dir / CONFIG_NAME).is_file() or not (run_dir / CHECKPOINT_NAME).is_file():
+        return False
+    if read_run_config(run_dir).get("fingerprint") != fp:
+        return False
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    return bool(ckpt.get("finished")) and ckpt.get("fingerprint") == fp
+
+
 def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = False, progress: bool = True) -> Path:
     """Train ``cfg`` into the run directory ``out`` and return it.
 
-    A finished run with the same configuration is returned at once (notebooks use this as a cache); an
-    unfinished one is resumed from its checkpoint when ``resume``; a directory of another configuration is
-    refused unless ``overwrite``.
+    A finished run with the same configuration is returned at once (notebooks use this as a cache; it is only
+    read, so it may lie on read-only storage); an unfinished one is resumed from its checkpoint when
+    ``resume``; a directory of another configuration is refused unless ``overwrite`` (or unless nothing was
+    trained in it: a start that failed claims nothing).
+
+    While it trains, the process holds the folder's lock: a second process training the same folder gets a
+    :class:`~imae.errors.RunLockedError` naming this one, before it writes anything. Failures of the machine
+    are :class:`~imae.errors.StorageError` s naming the checkpoint that is intact.
     """
     validate(cfg)
     info = init_distributed(cfg.train.device)
@@ -262,13 +303,46 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
     elif cfg.method == "mae" and cfg.train.init_from:
         teacher, tfp = load_teacher(cfg, device, cfg.train.init_from)  # only its weights are used
     fp = fingerprint(cfg, tfp)
-    run_dir = open_run_dir(out, cfg, fp, derived=derived(cfg, info.world), overwrite=overwrite,
-                           write=info.is_main)
-    barrier(info)  # the other processes read the directory only once the main one has prepared it
-    if not resume and info.is_main:  # start over: what is there belongs to this config, but is not wanted
-        for name in ("checkpoint.pt", "metrics.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    barrier(info)
+    run_dir = Path(out)
+    if resume and _finished_run(run_dir, fp):
+        return run_dir
+    lock = None
+    trainer = None
+    try:
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock.for_run(run_dir).acquire()  # before anything in the folder is read or written
+        state = check_run_dir(run_dir, cfg, fp, overwrite=overwrite)
+        if state == "same" and resume and _finished_run(run_dir, fp):  # finished while we waited for the lock
+            return run_dir
+        # Everything that can fail on the user's input (data, model, batch size) is built before the folder
+        # is claimed, so a failed start leaves nothing that blocks the corrected command.
+        trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
+                          teacher_fp=tfp)
+        if info.is_main:
+            existing = run_dir / CHECKPOINT_NAME
+            keep = state == "same" and resume and existing.is_file()
+            check_free_space(run_dir, 2 * max(trainer.checkpoint_bytes(), existing.stat().st_size if keep else 0),
+                             what="training (room for two checkpoints, so one is always complete)",
+                             intact=(f"The checkpoint {existing} is untouched" if keep else None))
+            claim_run_dir(run_dir, cfg, fp, derived=derived(cfg, info.world), state=state, fresh=not resume)
+        barrier(info)  # the other processes read the directory only once the main one has prepared it
+        return _train(cfg, run_dir, trainer, fp=fp, device=device, info=info, teacher=teacher, tfp=tfp,
+                      progress=progress)
+    except OSError as e:
+        if os_reason(e) is None:
+            raise
+        intact = trainer.intact() if trainer is not None else "nothing was trained yet"
+        raise storage_error(e, doing="training into", path=run_dir, intact=intact) from e
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, run_dir: Path, trainer: Trainer, *, fp: str, device, info: DistInfo, teacher, tfp,
+           progress: bool) -> Path:
+    """The training loop of :func:`pretrain` over a claimed folder: resume or start, and on a non-finite loss
+    with ``nonfinite=restart-fp32`` restart once from the last good checkpoint without mixed precision."""
     event = None
     while True:
         ckpt = None
@@ -276,8 +350,9 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
             ckpt = load_checkpoint(run_dir / "checkpoint.pt")
             if ckpt.get("finished"):
                 return run_dir
-        trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
-                          teacher_fp=tfp)
+        if trainer is None:
+            trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
+                              teacher_fp=tfp)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
         elif info.is_main:
@@ -295,3 +370,4 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
             event = {"step": trainer.last_good or 0, "event": "restart-fp32", "bad_step": e.step}
             cfg = copy.deepcopy(cfg)
             cfg.train.amp = "off"
+            trainer = None
