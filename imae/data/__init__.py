@@ -1,10 +1,33 @@
-"""Data: datasets under a data root, paired sampling and mixing, batched augmentation, batch sources."""
+"""Data: datasets under a data root, paired sampling and mixing, batched augmentation, batch sources.
 
-from .augment import BatchAugment, rrc_params, resized_crop
-from .datasets import DATASETS, ImageArrays, data_root, dataset_info, image_folder, load_arrays
-from .pairs import ClassIndex, PairedDataset, draw_partners, mix, mix_seed, route, sample_lambda
-from .sources import LoaderPairSource, TensorPairSource, build_source
+The names below are loaded on first use, so that what needs no torch (the dataset table that validates a
+configuration, :data:`DATASETS`) is read without importing it: a command line checks its arguments in
+milliseconds, before torch is imported.
+"""
 
-__all__ = ["BatchAugment", "rrc_params", "resized_crop", "DATASETS", "ImageArrays", "data_root", "dataset_info",
-           "image_folder", "load_arrays", "ClassIndex", "PairedDataset", "draw_partners", "mix", "mix_seed",
-           "route", "sample_lambda", "LoaderPairSource", "TensorPairSource", "build_source"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "BatchAugment": "augment", "rrc_params": "augment", "resized_crop": "augment",
+    "DATASETS": "datasets", "ImageArrays": "datasets", "data_root": "datasets", "dataset_info": "datasets",
+    "image_folder": "datasets", "load_arrays": "datasets",
+    "ClassIndex": "pairs", "PairedDataset": "pairs", "draw_partners": "pairs", "mix": "pairs", "mix_seed": "pairs",
+    "route": "pairs", "sample_lambda": "pairs",
+    "LoaderPairSource": "sources", "TensorPairSource": "sources", "build_source": "sources",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_WHERE])

@@ -3,7 +3,13 @@
 The data root is, in order: the ``root`` argument, ``$IMAE_DATA``, ``./data``. CIFAR is downloaded with
 torchvision when the root lacks it and the network allows; otherwise the error says exactly what to put
 where. CIFAR batches are read with a restricted unpickler (numpy arrays and plain types only), so a
-tampered file cannot run code.
+tampered file cannot run code, and checked as they are read: each batch's keys, row size (3 x 32 x 32 bytes),
+image and label counts and label range, and the class names; Tiny-ImageNet's and ImageFolder's images must
+decode. A file that fails is one :class:`~imae.errors.DataFileError` naming it and the fix; nothing trains on
+labels out of step with their images.
+
+torch is imported where it is used, so the dataset table (:data:`DATASETS`, which validates configurations)
+loads without it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
-from ..errors import DatasetNotFoundError, ImaeError
+from ..errors import DataFileError, DatasetNotFoundError, ImaeError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -77,6 +82,8 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def first_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the first ``n`` items of every class, in original order."""
+    import torch
+
     keep = torch.zeros_like(labels, dtype=torch.bool)
     for c in labels.unique():
         keep[torch.nonzero(labels == c).flatten()[:n]] = True
@@ -137,9 +144,61 @@ class _SafeUnpickler(pickle.Unpickler):
 def _read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return _SafeUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ImaeError(f"{path} is not a readable CIFAR batch ({e}); delete the folder and fetch it again") from e
+            obj = _SafeUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataFileError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}). {_refetch(path)}") from e
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch (a dict of data and labels). "
+                            f"{_refetch(path)}")
+    # Python 3 pickles of a CIFAR batch may key it by bytes (b"data"): the same batch, read the same way.
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _refetch(path: Path) -> str:
+    """The fix for a damaged file of the CIFAR folder ``path`` lies in."""
+    folder = path.parent
+    info = next((i for i in DATASETS.values() if i.folder == folder.name), None)
+    source = (f"download {info.url} and extract it into {folder.parent}" if info and info.url else
+              f"rebuild {folder.name}/ from the full dataset")
+    return (f"Fix: delete {folder} and {source} (or `python -m imae make-toy-data {folder.parent}` for the "
+            f"synthetic test set)")
+
+
+CIFAR_ROW = 3 * 32 * 32  # bytes per image: 1024 red, then 1024 green, then 1024 blue
+
+
+def _check_cifar_batch(d: dict, path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 3, 32, 32) uint8 and labels (N,) int64 of one CIFAR batch, or a DataFileError that says
+    what is wrong with ``path``: a missing key, a row that is not 3 x 32 x 32 bytes, pixel values outside
+    0..255, a label count other than the image count, a label outside [0, num_classes)."""
+    fix = _refetch(path)
+    missing = [k for k in ("data", label_key) if k not in d]
+    if missing:
+        raise DataFileError(f"{path} is not a CIFAR batch: it has no {' and no '.join(map(repr, missing))} "
+                            f"(its keys: {sorted(map(str, d))[:8]}). {fix}")
+    data = np.asarray(d["data"])
+    if data.ndim != 2 or data.shape[1] != CIFAR_ROW:
+        raise DataFileError(f"{path}: 'data' has shape {tuple(data.shape)}; a CIFAR batch holds one row of "
+                            f"{CIFAR_ROW} bytes (3 x 32 x 32) per image. {fix}")
+    if data.dtype != np.uint8:
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise DataFileError(f"{path}: 'data' holds {data.dtype} values"
+                                + (f" from {data.min()} to {data.max()}" if data.size and data.dtype.kind in "iuf"
+                                   else "") + f", not bytes (0..255). {fix}")
+        data = data.astype(np.uint8)
+    try:
+        labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataFileError(f"{path}: {label_key!r} is not a list of class numbers ({e}). {fix}") from e
+    if len(labels) != len(data):
+        raise DataFileError(f"{path} holds {len(data)} images but {len(labels)} labels ({label_key!r}): the labels "
+                            f"would be out of step with the images. {fix}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise DataFileError(f"{path}: label {labels[bad[0]]} of image {bad[0]}{more} is outside "
+                            f"0..{num_classes - 1} ({num_classes} classes). {fix}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _missing_cifar_files(folder: Path, files: dict, meta: str) -> list[str]:
@@ -165,14 +224,21 @@ def _load_cifar(info: DatasetInfo, split: str, root: Path, download: bool) -> Im
             f"(missing: {', '.join(missing)}).{why} Fix: {fix}point IMAE_DATA (or --data-root) at the "
             f"folder that contains {info.folder}/."
         )
+    import torch
+
+    meta = _read_pickle(folder / meta_name)
+    classes = meta.get(names_key)
+    if not isinstance(classes, (list, tuple)) or len(classes) != info.num_classes:
+        found = f"{len(classes)} names" if isinstance(classes, (list, tuple)) else f"{type(classes).__name__}"
+        raise DataFileError(f"{folder / meta_name}: {names_key!r} should list the {info.num_classes} class names of "
+                            f"{info.name}, found {found}. {_refetch(folder / meta_name)}")
     images, labels = [], []
     for name in files[split]:
-        d = _read_pickle(folder / name)
-        images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(d[label_key])
-    classes = list(_read_pickle(folder / meta_name)[names_key])
-    return ImageArrays(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64),
-                       classes, info)
+        x, y = _check_cifar_batch(_read_pickle(folder / name), folder / name, label_key, info.num_classes)
+        images.append(x)
+        labels.append(y)
+    return ImageArrays(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                       [str(c) for c in classes], info)
 
 
 def _try_torchvision_download(info: DatasetInfo, root: Path) -> str | None:
@@ -194,8 +260,6 @@ def _try_torchvision_download(info: DatasetInfo, root: Path) -> str | None:
 
 # ----------------------------------------------------------------------------------------- Tiny-ImageNet
 def _load_tinyimagenet(info: DatasetInfo, split: str, root: Path) -> ImageArrays:
-    from PIL import Image
-
     folder = root / info.folder
     cache = folder / f"imae_{split}_uint8.npz"
     wnids_file = folder / "wnids.txt"
@@ -204,6 +268,8 @@ def _load_tinyimagenet(info: DatasetInfo, split: str, root: Path) -> ImageArrays
             f"tinyimagenet was not found: expected {folder.resolve()} with wnids.txt, train/<wnid>/images/ and "
             f"val/images/ + val/val_annotations.txt. Fix: download {info.url} and unzip it into "
             f"{root.resolve()}, or point IMAE_DATA at the folder that contains tiny-imagenet-200/.")
+    import torch
+
     wnids = wnids_file.read_text().split()
     if cache.is_file():
         z = np.load(cache)
@@ -220,7 +286,7 @@ def _load_tinyimagenet(info: DatasetInfo, split: str, root: Path) -> ImageArrays
             fname, w = line.split("\t")[:2]
             paths.append(folder / "val" / "images" / fname)
             labels.append(index[w])
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths])
+    images = np.stack([np.asarray(open_image(p)).transpose(2, 0, 1) for p in paths])
     labels = np.asarray(labels, dtype=np.int64)
     try:
         np.savez(cache, images=images, labels=labels)
@@ -232,6 +298,7 @@ def _load_tinyimagenet(info: DatasetInfo, split: str, root: Path) -> ImageArrays
 # ------------------------------------------------------------------------------------------ ImageFolder
 def image_folder(name: str, split: str = "train", root=None, *, subset_per_class: int | None = None):
     """A torchvision ImageFolder for a split (train/ or val/ under the dataset folder); PIL images."""
+    import torch
     import torchvision
 
     info = dataset_info(name)
@@ -242,10 +309,24 @@ def image_folder(name: str, split: str = "train", root=None, *, subset_per_class
             f"{name} {split} split not found: expected class folders under {folder.resolve()} "
             f"(ImageFolder layout: {folder}/<class>/<image>). Fix: get it from {info.url} and arrange it so, "
             f"or point IMAE_DATA at the folder that contains {info.folder}/.")
-    ds = torchvision.datasets.ImageFolder(str(folder))
+    ds = torchvision.datasets.ImageFolder(str(folder), loader=open_image)
     if subset_per_class is not None:
         idx = first_per_class(torch.tensor(ds.targets), subset_per_class).tolist()
         ds.samples = [ds.samples[i] for i in idx]
         ds.targets = [ds.targets[i] for i in idx]
         ds.imgs = ds.samples
     return ds
+
+
+def open_image(path) -> "Image.Image":
+    """An image file as RGB (PIL), or a :class:`~imae.errors.DataFileError` naming the file when it does not
+    decode (empty, truncated, not an image)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataFileError(f"{path} is not a readable image ({type(e).__name__}: {e}). Fix: replace it with an "
+                            f"intact copy from the dataset's download, or delete it") from e

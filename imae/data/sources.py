@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFileError
 from .augment import BatchAugment
 from .datasets import ImageArrays, dataset_info, image_folder, load_arrays
 from .pairs import ClassIndex, PairedDataset, draw_partners, mix_seed
@@ -126,13 +126,31 @@ class LoaderPairSource:
         loader = torch.utils.data.DataLoader(
             self.paired, batch_size=local, sampler=order, num_workers=self.num_workers, drop_last=True,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for b, items in zip(range(start, self.num_batches), loader):
+        for b, items in zip(range(start, self.num_batches), _one_line_errors(loader)):
             xa, xb, ya, yb = items if self.pairs else (items[0], None, items[1], None)
             out = {"seed": mix_seed(self.seed, epoch, b), "x_a": xa.to(self.device, non_blocking=True),
                    "y_a": ya.to(self.device)}
             if self.pairs:
                 out["x_b"], out["y_b"] = xb.to(self.device, non_blocking=True), yb.to(self.device)
             yield out
+
+
+def _one_line_errors(loader):
+    """Iterate ``loader``; a DataFileError raised in a worker process (which DataLoader re-raises with the
+    worker's whole traceback as its message) comes out as its own one-line message."""
+    it = iter(loader)
+    while True:
+        try:
+            items = next(it)
+        except StopIteration:
+            return
+        except DataFileError as e:
+            text = str(e)
+            if "Original Traceback" not in text:
+                raise
+            last = [ln for ln in text.splitlines() if ln.strip()][-1]
+            raise DataFileError(last.split("DataFileError: ", 1)[-1]) from None
+        yield items
 
 
 def build_source(cfg, *, device, pairs: bool, rank: int = 0, world: int = 1):
