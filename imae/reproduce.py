@@ -63,6 +63,14 @@ def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> d
     return params
 
 
+def check_notebook_parameters(params: dict) -> dict:
+    """The parameters every notebook gets, checked as their setup cells check them (types, values, the preset,
+    overrides), before a kernel starts: a wrong value is one line in a second, not a papermill traceback."""
+    from .parameters import check_parameters
+
+    return check_parameters(**params)
+
+
 def _relative_to_root(value, root: Path):
     """``value`` relative to ``root`` when it is an absolute path string inside it; otherwise unchanged."""
     if isinstance(value, str) and os.path.isabs(value):
@@ -155,12 +163,22 @@ def run_notebook(name: str, parameters: dict, *, root: Path, out_dir: Path, log=
     tmp = out_dir / f".{name}.running.ipynb"
     t0 = time.time()
     log(f"[reproduce] {name}: running with {json.dumps(parameters, default=str)}")
-    pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root),
-                        progress_bar=False, log_output=False)
+    try:
+        pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root),
+                            progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        # The error line first; the traceback stays in the executed copy (the stored notebook is untouched).
+        raise ImaeError(f"{name}.ipynb stopped in cell {e.cell_index + 1}: {e.ename}: {_first_line(e.evalue)} "
+                        f"(the traceback is in {tmp}; the stored {out} is unchanged)") from None
     scrub_notebook(tmp, root=root)  # no absolute paths of this machine in the stored notebook
     os.replace(tmp, out)  # only a fully executed notebook replaces the stored one
     log(f"[reproduce] {name}: done in {time.time() - t0:.0f} s -> {out}")
     return out
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in str(text).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 def write_status(book_dir: Path) -> Path:
@@ -299,6 +317,12 @@ def write_performance(book_dir: Path) -> Path:
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + extra_a, *rows, ""]
     for f in sorted((book_dir / "results").glob("reproduce_*.json")):
         r = json.loads(f.read_text())
+        if not r.get("notebooks_s"):  # only single chapters were rerun with this preset
+            if r.get("figure_s"):
+                parts += [f"Single chapters rerun with `make figure NB=<chapter> PRESET={r['preset']}` (no full "
+                          f"`make reproduce PRESET={r['preset']}` recorded; source `results/{f.name}`): " + ", ".join(
+                              f"{name} {sec:,.0f} s" for name, sec in r["figure_s"].items()) + ".", ""]
+            continue
         rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]
         scratch = r.get("from_scratch")
         how = (f"measured in one sitting from an EMPTY runs cache (every model trained, every evaluation run): "
@@ -355,6 +379,10 @@ def write_timings(path: Path, preset: str, timings: dict, *, partial: bool = Fal
     peak = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # kernels' ru_maxrss, KiB
     if partial and old.get("notebooks_s"):
         rec = {**old, "figure_s": {**old.get("figure_s", {}), **timings}}
+    elif partial:  # chapters rerun with no full run of this preset recorded: a rerun, never a full run's row
+        rec = {"preset": preset, "cpu": platform.processor() or platform.machine(),
+               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+               "figure_s": {**old.get("figure_s", {}), **timings}}
     else:
         rec = {"preset": preset, "cpu": platform.processor() or platform.machine(),
                "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
@@ -366,18 +394,55 @@ def write_timings(path: Path, preset: str, timings: dict, *, partial: bool = Fal
     return path
 
 
+def book_presets(book: Path, names) -> dict[str, str]:
+    """{chapter: the preset its stored page was rendered with} for the chapters of ``names`` that train
+    (the stored-results pages render the same at any preset) and have a record in ``book/results``."""
+    out = {}
+    for name in names:
+        rec = book / "results" / f"{name}.json"
+        if name in STORED_ONLY or not rec.is_file():
+            continue
+        try:
+            preset = json.loads(rec.read_text()).get("preset")
+        except (OSError, ValueError):
+            continue
+        if preset:
+            out[name] = str(preset)
+    return out
+
+
+def scratch_dir(root: Path, preset: str) -> Path:
+    """Where a rerun of chapters at a preset other than the book's goes: ``_build/figures/<preset>``."""
+    return root / "_build" / "figures" / preset
+
+
 def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dict | None = None,
-              book_dir: str | os.PathLike | None = None, build: bool = True) -> Path:
-    """Run the notebooks (all, or ``only``) for ``preset`` into the book, then build it; returns the book dir."""
+              book_dir: str | os.PathLike | None = None, build: bool = True, log=print) -> Path:
+    """Run the notebooks (all, or ``only``) for ``preset`` into the book, then build it; returns the folder the
+    executed notebooks went to.
+
+    ``only`` at a preset other than the one the stored chapters were rendered with (a CPU-edition book rerun
+    with ``PRESET=tiny``) does not replace them: the notebooks, their records and timings go to
+    :func:`scratch_dir` and the book is neither touched nor rebuilt (pass ``book_dir`` to choose the folder).
+    """
     root = repo_root()
-    book = Path(book_dir) if book_dir else root / "book"
     names = list(only) if only else list(NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ImaeError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
+    book = Path(book_dir) if book_dir else root / "book"
+    others = {n: p for n, p in book_presets(book, names).items() if p != preset} if only and not book_dir else {}
+    scratch = bool(others)
+    if scratch:
+        book, build = scratch_dir(root, preset), False
     # Relative to the repository root, where papermill runs the kernel, so no machine's path is stored.
     results_dir = _relative_to_root(str((book / "results").resolve()), root)
-    params = notebook_parameters(preset, root, {"results_dir": results_dir, **(extra or {})})
+    params = check_notebook_parameters(notebook_parameters(preset, root, {"results_dir": results_dir, **(extra or {})}))
+    if scratch:
+        log(f"[reproduce] the book's {', '.join(others)} chapter(s) were rendered with preset "
+            f"{sorted(set(others.values()))[0]}: this {preset} rerun goes to {book} (the book is unchanged; "
+            f"pass --out book to replace its chapters)")
+        book.mkdir(parents=True, exist_ok=True)
     trains = [n for n in names if n not in STORED_ONLY]
     if trains and preset in GPU_PRESETS and str(params.get("device", "auto")) == "auto" \
             and not _has_gpu():
@@ -394,6 +459,8 @@ def reproduce(preset: str = "tiny", *, only: list[str] | None = None, extra: dic
             run_notebook(name, params, root=root, out_dir=book)
             timings[name] = round(time.perf_counter() - t0, 1)
     write_timings(book / "results" / f"reproduce_{preset}.json", preset, timings, partial=timing_is_partial(only))
+    if scratch:
+        return book
     write_status(book)
     write_performance(book)
     if build:
