@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ImaeError, NonFiniteLossError, TrainingInterrupted
+from .errors import ImaeError, NonFiniteLossError, TrainingInterrupted, os_reason, storage_error
 
 
 def _set_pairs(items: list[str]) -> dict:
@@ -54,27 +54,43 @@ _ARG_KEYS = {"dataset": "data.dataset", "data_root": "data.root", "subset_per_cl
 
 
 def config_from_args(args, method: str):
+    """The run configuration the arguments describe, checked (types, ranges, names) without importing torch;
+    a wrong value's message gives the fix as a command-line flag."""
     from .config import build_config
+    from .errors import ConfigError
 
     overrides = {key: getattr(args, a) for a, key in _ARG_KEYS.items() if getattr(args, a, None) is not None}
     if getattr(args, "teacher", None):
         overrides["imae.teacher"] = args.teacher
     overrides.update(_set_pairs(args.set))
-    return build_config(args.preset, method=method, **overrides)
+    try:
+        return build_config(args.preset, method=method, **overrides)
+    except ConfigError as e:
+        if not hasattr(e, "example"):
+            raise
+        key = next((k for k in overrides if k == e.parameter or k.split(".")[-1] == e.parameter.split(".")[-1]),
+                   e.parameter)
+        flag = next((a for a, k in _ARG_KEYS.items() if k == e.parameter and getattr(args, a, None) is not None),
+                    None)
+        fix = f"--{flag.replace('_', '-')} {e.example}" if flag else f"--set {key}={e.example}"
+        raise ConfigError(f"{key} must be {e.expected}, got {e.value!r} ({type(e.value).__name__}). "
+                          f"Fix: pass e.g. {fix}") from None
 
 
 def cmd_pretrain(args) -> int:
-    from .train import pretrain
+    from pathlib import Path
 
-    from .checkpoint import checkpoint_path
     from .errors import ConfigError
 
     if args.resume and args.no_resume:
         raise ConfigError("--resume and --no-resume contradict each other; pass one of them")
-    if args.resume and not checkpoint_path(args.out).is_file():
+    out = Path(args.out)
+    if args.resume and not (out / "checkpoint.pt" if out.is_dir() else out).is_file():
         raise ConfigError(f"--resume: {args.out} holds no checkpoint to resume from; run the same command without "
                           f"--resume to start this run")
-    cfg = config_from_args(args, args.method)
+    cfg = config_from_args(args, args.method)  # every argument is checked before torch is imported
+    from .train import pretrain
+
     run_dir = pretrain(cfg, args.out, resume=not args.no_resume, overwrite=args.overwrite,
                        progress=not args.quiet)
     print(run_dir)
@@ -96,7 +112,7 @@ def cmd_reproduce(args) -> int:
     extra = _set_pairs(args.param)
     if args.data_root:
         extra["data_root"] = args.data_root
-    book = reproduce(args.preset, only=args.only, extra=extra, build=not args.no_build)
+    book = reproduce(args.preset, only=args.only, extra=extra, build=not args.no_build, book_dir=args.out)
     print(book)
     return 0
 
@@ -136,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root passed to every notebook")
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="notebook parameter override")
     p.add_argument("--no-build", action="store_true", help="do not build the book afterwards")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for the executed notebooks and their records (default book/; with --only at a "
+                        "preset other than the one the book's chapters were rendered with: _build/figures/PRESET, "
+                        "so a rerun never replaces a committed chapter; --out book replaces it)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("export", help="write a trained encoder as a timm hub folder (timm.create_model('local-dir:OUT'))")
@@ -175,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except ImaeError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's failures (disk full, read-only, no permission): one line, not a traceback
+        if os_reason(e) is None:
+            raise
+        print(f"error: {storage_error(e, doing=f'{args.command}: writing')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

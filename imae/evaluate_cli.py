@@ -35,19 +35,47 @@ _FLAGS = {"alphas": "alphas", "n_pairs": "n_pairs", "batch_size": "batch_size", 
           "pairing": "pairing", "max_images": "max_images", "mask_ratio": "mask_ratio"}
 
 
+# imae.metrics.WHATS and imae.metrics.features.PAIRINGS, spelled here so that the arguments are checked before
+# torch is imported (tests/test_faults.py checks that they agree).
+WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
+PAIRINGS = ("different", "same", "random")
+
+
 def _whats(text: str) -> list[str]:
-    from .metrics import WHATS
-    from .metrics.evaluate import check_what
+    import difflib
 
     items = [w.strip() for w in text.split(",") if w.strip()]
     if items == ["all"]:
         return list(WHATS)
     if not items:
         raise ConfigError(f"--what is empty; choose from {list(WHATS)} (comma-separated) or all")
-    return [check_what(w) for w in items]
+    for w in items:
+        if w not in WHATS:
+            close = difflib.get_close_matches(w, WHATS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown evaluation what={w!r}; choose one of {list(WHATS)}.{hint}")
+    return items
+
+
+def check_arguments(args) -> list[str]:
+    """Every value of ``python -m imae evaluate`` checked without torch; returns the evaluations asked for."""
+    from .parameters import check_alphas, check_count, check_max_images
+
+    whats = _whats(args.what)
+    if args.alphas is not None:
+        check_alphas(args.alphas)
+    check_max_images(args.max_images, name="--max-images")
+    for name in ("n_pairs", "batch_size", "epochs"):
+        check_count("--" + name.replace("_", "-"), getattr(args, name))
+    if args.mask_ratio is not None and not 0.0 < args.mask_ratio < 1.0:
+        raise ConfigError(f"--mask-ratio {args.mask_ratio} must lie strictly between 0 and 1 (e.g. 0.75)")
+    if args.pairing is not None and args.pairing not in PAIRINGS:
+        raise ConfigError(f"pairing={args.pairing!r} is unknown; choose one of {list(PAIRINGS)}")
+    return whats
 
 
 def cmd_evaluate(args) -> int:
+    check_arguments(args)  # before torch is imported: a wrong value costs milliseconds, not seconds
     from .export import is_timm_source
     from .metrics import evaluate, options_for
 
