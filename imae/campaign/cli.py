@@ -90,7 +90,8 @@ def cmd_campaign(args) -> int:
     if args.collect:
         from .collect import collect
 
-        result = collect(args.collect, args.dest)
+        with _collect_lock(args):
+            result = collect(args.collect, args.dest)
         return 0 if not result["missing"] else 1
     if args.list:
         return _list(args)
@@ -125,10 +126,45 @@ def cmd_campaign(args) -> int:
         smoke_epochs=args.smoke_epochs,
         throughput_args=shlex.split(args.throughput_args), throughput_estimate_s=args.throughput_estimate_s,
         started=time.monotonic() - process_age_s(), argv=sys.argv[1:])
-    summary = run_campaign(cfg)
+    from ..pretrained import repo_root
+    from .manifest import manifest_lock
+
+    manifest = Path(args.manifest) if args.manifest else repo_root() / "campaign" / args.preset / "manifest.json"
+    created = not manifest.parent.exists()
+    manifest.parent.mkdir(parents=True, exist_ok=True)  # the lock lies beside the manifest
+    try:
+        with manifest_lock(manifest):  # one window per manifest at a time: no record lost, no step run twice
+            summary = run_campaign(cfg)
+    finally:
+        if created and not any(manifest.parent.iterdir()):  # a window refused at once leaves no empty folder
+            manifest.parent.rmdir()
     print(f"window {summary['window']['id']}: {summary['outcome']}; manifest {summary['manifest']}; "
           f"results in {summary['out']}")
     return summary["exit_code"]
+
+
+def _collect_lock(args):
+    """The lock of the manifest ``--collect`` merges into (none when that cannot be told yet: collect then
+    says what is missing)."""
+    import contextlib
+    import json
+    from pathlib import Path
+
+    from ..pretrained import repo_root
+    from .manifest import manifest_lock
+
+    dest = Path(args.dest) if args.dest else None
+    if dest is None:
+        try:
+            preset = json.loads((Path(args.collect) / "manifest.json").read_text()).get("preset")
+        except (OSError, ValueError, AttributeError):
+            return contextlib.nullcontext()
+        if not isinstance(preset, str):
+            return contextlib.nullcontext()
+        dest = repo_root() / "campaign" / preset
+    if not dest.is_dir():
+        return contextlib.nullcontext()
+    return manifest_lock(dest / "manifest.json", doing="collecting into")
 
 
 def _list(args) -> int:

@@ -27,7 +27,9 @@ changed (its teacher was retrained) runs again.
 A stage's status is ``done``, ``started`` (begun, not finished: interrupted by the deadline, or the window
 ended; the next window redoes it, or resumes it where its work folder survived) or ``failed`` (with the
 error; retried next window). Every write is atomic (a temporary file renamed over the old one), so a kill at
-any moment leaves the previous or the new manifest, never half of one.
+any moment leaves the previous or the new manifest, never half of one; and one process at a time writes a
+manifest (:func:`manifest_lock`, taken by ``python -m imae campaign`` for a window and for ``--collect``), so two
+windows on one manifest never drop each other's records.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ImaeError
-from ..runs import atomic_write_text
+from ..runs import FolderLock, atomic_write_text
 
 MANIFEST_FORMAT = "imae-campaign-v1"
 STATUSES = ("started", "done", "failed")
@@ -130,6 +132,13 @@ class Manifest:
         window = {"id": wid, "started_at": now_iso(), **fields, "stages": {}}
         self.data["windows"].append(window)
         return window
+
+
+def manifest_lock(path: str | os.PathLike, doing: str = "running a campaign window on") -> FolderLock:
+    """The exclusive lock of the manifest ``path`` (``.<name>.lock`` beside it), for a ``with`` block: a second
+    window (or ``--collect``) on the same manifest gets a RunLockedError naming the first, before it reads it."""
+    path = Path(path)
+    return FolderLock(path.with_name(f".{path.name}.lock"), doing=doing, target=path)
 
 
 def check(data: dict, path, preset: str) -> None:
