@@ -23,6 +23,7 @@ import pandas as pd
 
 from . import stats
 from .stats import Estimate, Items
+from .verdict import Evidence, Interval
 
 MAIN = ("MAE", "i-MAE", "MAE continued")
 CONTROLS = ("untrained", "pixels")
@@ -72,7 +73,8 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
     from .experiments import cached_evaluation
     from .runs import read_run_config
 
-    refs = list(references if references is not None else arms["MAE"])
+    needs_ref = what in ("separability", "reconstruction")
+    refs = list(references if references is not None else arms["MAE"]) if needs_ref else []
     ref_fps = [read_run_config(r)["fingerprint"] for r in refs]
     out = {}
     for label, runs in arms.items():
@@ -81,7 +83,7 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
         results = []
         for k, run in enumerate(runs):
             kw = dict(options)
-            if what in ("separability", "reconstruction"):  # ONE reference per seed, pinned by fingerprint
+            if needs_ref:  # ONE reference per seed, pinned by fingerprint
                 kw["reference"] = str(refs[k])
                 kw["reference_fingerprint"] = ref_fps[k]
             results.append(cached_evaluation(run, what, **kw))
@@ -237,3 +239,47 @@ def at(est: Estimate, k: int | None = None) -> tuple[float, float, float]:
     """(mean, lo, hi) as floats, at index ``k`` of a per-alpha estimate."""
     pick = (lambda x: float(np.asarray(x).reshape(-1)[k])) if k is not None else (lambda x: float(np.asarray(x)))
     return pick(est.mean), pick(est.lo), pick(est.hi)
+
+
+# ------------------------------------------------------------------------------------ claims' evidence
+def evidence(results: Mapping[str, Sequence[dict]], metric: Callable[[dict], Items], kind: str, *, what: str,
+             claimed: str = "i-MAE", base: str = "MAE", equal: str | None = "MAE continued",
+             control: str = "untrained", reduce=None, gates: Mapping[str, Estimate | None] | None = None,
+             details: Mapping[str, Estimate] | None = None, notes: Sequence[str] = ()) -> Evidence:
+    """What the verdict rule (:mod:`imae.verdict`) judges a claim "``claimed`` beats ``base`` on ``metric``"
+    on, from per-item results {arm: [result per seed]}: the paired ``claimed − base``, the gate ``base −
+    control`` on the SAME metric (None: only the given ``gates``) plus any extra ``gates``, ``claimed − equal`` (the equal-compute control;
+    None where that arm is absent or ``equal`` is None, which also marks the claim as one where compute was
+    equal by design), all with the same ``reduce`` (e.g. :func:`imae.stats.alpha_mean`). ``kind``: ``r2`` |
+    ``accuracy`` | ``psnr``. ``details``: estimates shown beside the verdict, never judged."""
+    def diff(a: str, b: str) -> Estimate:
+        if len(results[a]) != len(results[b]):
+            raise ValueError(f"{a} − {b}: {len(results[a])} vs {len(results[b])} seeds; pair seeds one to one")
+        _same_items([*results[a], *results[b]])
+        return stats.difference([metric(r) for r in results[a]], [metric(r) for r in results[b]], reduce=reduce)
+
+    main = diff(claimed, base)
+    gate = {} if control is None else {
+        f"{base} − {control}": Interval.of(diff(base, control)) if control in results else None}
+    gate.update({k: None if v is None else Interval.of(v) for k, v in (gates or {}).items()})
+    eq = Interval.of(diff(claimed, equal)) if equal is not None and equal in results else None
+    return Evidence(metric=kind, what=what, main=Interval.of(main), gates=gate, n_seeds=main.n_seeds,
+                    equal_compute=eq, equal_compute_applies=equal is not None,
+                    details={k: Interval.of(v) for k, v in (details or {}).items()}, notes=list(notes))
+
+
+def independent_references(teachers: Sequence[str | os.PathLike]) -> list[str | os.PathLike] | None:
+    """For LS's headline: seed k's models are scored against the teacher of seed k + 1 (cyclically), an encoder
+    that none of them was trained against or distilled from. None with fewer than two training seeds."""
+    teachers = list(teachers)
+    if len(teachers) < 2:
+        return None
+    return teachers[1:] + teachers[:1]
+
+
+def pending_evidence(kind: str, waits_for: str, what: str = "", details: Mapping[str, Estimate] | None = None,
+                     notes: Sequence[str] = ()) -> Evidence:
+    """Evidence for a claim whose measurement cannot be made yet (the verdict is ``pending``), with what is
+    already measured beside it (``details``, never judged)."""
+    return Evidence(metric=kind, what=what, main=None, gates={}, n_seeds=0, pending=waits_for,
+                    details={k: Interval.of(v) for k, v in (details or {}).items()}, notes=list(notes))

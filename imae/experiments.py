@@ -190,6 +190,24 @@ def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_r
             for name, change in variants.items()}
 
 
+def seeded_variants(preset: str, teachers, seeds, variants: dict, *, dataset=None, data_root=None, epochs=None,
+                    overrides: dict | None = None, runs_dir=None, device="auto", same_prob: float = 1.0) -> dict:
+    """One i-MAE per variant and training seed, seed ``seeds[k]`` trained from its own MAE ``teachers[k]``
+    (the main comparison's teachers), so every variant pairs seed by seed with the main arms:
+    {name: [run dir per seed]}. A variant equal to the standard i-MAE is the main run itself (same
+    configuration, same cache entry)."""
+    if len(teachers) != len(seeds):
+        raise ValueError(f"{len(teachers)} teachers for {len(seeds)} seeds; give one teacher per seed")
+    out: dict[str, list[Path]] = {name: [] for name in variants}
+    for teacher, seed in zip(teachers, seeds):
+        runs = train_variants(preset, teacher, variants, dataset=dataset, data_root=data_root, epochs=epochs,
+                              overrides={**(overrides or {}), "train.seed": int(seed)}, runs_dir=runs_dir,
+                              device=device, same_prob=same_prob)
+        for name, run in runs.items():
+            out[name].append(run)
+    return out
+
+
 def reconstruction_sweep(run_dir: str | os.PathLike, *, alphas=None, n_examples: int = 2, dataset=None,
                          data_root=None, max_images=None, seed: int = 0, device="auto") -> dict:
     """Example images across the alpha sweep (default 0, 0.05, ..., 0.5) for the model of ``run_dir`` (an

@@ -120,11 +120,21 @@ ARM_STYLES = {  # the models and their controls, in every plot with intervals
     "untrained": dict(color="#7f7f7f", ls="--", marker="x"),
     "pixels": dict(color="#bcbd22", ls=":", marker="."),
     "constant": dict(color="#000000", ls=":", marker=""),
+    "i-MAE, no distillation": dict(color="#DA8BC3", ls="--", marker="D"),
+    "same_prob = 0.0": dict(color="#937860", ls="--", marker="v"),
+    "shuffled labels": dict(color="#000000", ls=":", marker="+"),
+    "mixture itself": dict(color="#17BECF", ls=":", marker="d"),
+    # paired differences, coloured as the arm that is compared with the MAE
+    "i-MAE − MAE": dict(color=PALETTE["imae"], ls="-", marker="o"),
+    "i-MAE − MAE continued": dict(color="#8172B3", ls="-.", marker="^"),
+    "i-MAE, no distillation − MAE": dict(color="#DA8BC3", ls="--", marker="D"),
+    "i-MAE − i-MAE, no distillation": dict(color="#8C613C", ls=":", marker="P"),
+    "MAE − untrained": dict(color="#7f7f7f", ls="--", marker="x"),
 }
 
 
 def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", chance: float | None = None,
-          ax=None, xlabel: str | None = None):
+          ax=None, xlabel: str | None = None, zero: bool = False):
     """Mean lines with shaded 95 % intervals, one per model/control, from a tidy table with columns
     ``model``, ``x``, ``mean``, ``lo``, ``hi`` (:func:`imae.comparison.frame`)."""
     plt = _plt()
@@ -140,6 +150,8 @@ def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", c
         ax.fill_between(d[x], d["lo"], d["hi"], color=st.get("color"), alpha=0.18, lw=0)
     if chance is not None:
         ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    if zero:  # a panel of differences: no difference is the line that matters
+        ax.axhline(0.0, color="black", lw=0.8)
     ax.set(xlabel=xlabel or (r"subordinate weight $\alpha$" if x == "alpha" else x), ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     if own:
@@ -148,12 +160,13 @@ def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", c
     return ax
 
 
-def band_panels(panels: dict, *, ylabel: str, x: str = "alpha", chance: float | None = None, sharey: bool = True):
-    """Side-by-side :func:`bands` panels: {title: tidy table}."""
+def band_panels(panels: dict, *, ylabel: str, x: str = "alpha", chance: float | None = None, sharey: bool = True,
+                zero: bool = False):
+    """Side-by-side :func:`bands` panels: {title: tidy table}; ``zero`` draws the no-difference line."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.7), squeeze=False, sharey=sharey)
     for ax, (title, df) in zip(axes[0], panels.items()):
-        bands(df, ylabel=ylabel, title=title, x=x, chance=chance, ax=ax)
+        bands(df, ylabel=ylabel, title=title, x=x, chance=chance, ax=ax, zero=zero)
     fig.tight_layout()
     return _done(fig)
 

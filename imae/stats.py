@@ -29,6 +29,21 @@ LEVEL = 0.95
 N_BOOT = 1000
 
 KINDS = ("accuracy", "r2", "r2_ratio", "mean")
+HEADLINE_ALPHA = 0.3  # the subordinate weight every chapter's answer and the Findings page quote
+
+
+def headline_index(alphas: Sequence[float]) -> int:
+    """The index of the alpha nearest :data:`HEADLINE_ALPHA` in ``alphas`` (the lower one on a tie): the one
+    lookup every chapter, the Findings page and the campaign's summaries use."""
+    if not len(alphas):
+        raise ValueError("no alphas to pick the headline alpha from")
+    return min(range(len(alphas)), key=lambda i: (abs(float(alphas[i]) - HEADLINE_ALPHA), float(alphas[i])))
+
+
+def below_half(alphas: Sequence[float]) -> list[int]:
+    """The alpha indices of a claim across alpha on a component-specific score: every alpha below 0.5 (at 0.5
+    the subordinate and the dominant image are interchangeable)."""
+    return [k for k, a in enumerate(alphas) if float(a) < 0.5]
 
 
 @dataclass(frozen=True)
@@ -130,27 +145,44 @@ def _interval(points: np.ndarray, reps: np.ndarray, level: float, n_items: int) 
     return Estimate(mean, mean - half, mean + half, s, n_items)
 
 
-def estimate(per_seed: Sequence[Items], *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+def _identity(v: np.ndarray) -> np.ndarray:
+    return v
+
+
+def alpha_mean(ks: Sequence[int]):
+    """A ``reduce`` for :func:`estimate` / :func:`difference`: the mean over the alpha indices ``ks`` (the last
+    axis of a per-alpha metric), so a claim across alpha is ONE test on the averaged difference."""
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("alpha_mean needs at least one alpha index")
+    return lambda v: np.asarray(v)[..., ks].mean(axis=-1)
+
+
+def estimate(per_seed: Sequence[Items], *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0,
+             reduce=None) -> Estimate:
     """Mean over training seeds with a 95 % interval that adds the test items' sampling noise (bootstrap of
     the items, shared by the seeds) and the seeds' spread (Student t over the per-seed values). With one seed
-    the interval is the items' alone."""
+    the interval is the items' alone. ``reduce`` maps the metric (its last axis, e.g. alphas) before the
+    interval is formed, on every resample alike (e.g. :func:`alpha_mean`)."""
     _check(per_seed)
+    f = reduce or _identity
     w = _item_weights(per_seed[0].n, n_boot, np.random.default_rng(seed))
-    reps = np.mean([it.weighted(w) for it in per_seed], axis=0)
-    return _interval(np.stack([it.point() for it in per_seed]), reps, level, per_seed[0].n)
+    reps = np.mean([f(it.weighted(w)) for it in per_seed], axis=0)
+    return _interval(np.stack([f(it.point()) for it in per_seed]), reps, level, per_seed[0].n)
 
 
 def difference(a: Sequence[Items], b: Sequence[Items], *, level: float = LEVEL, n_boot: int = N_BOOT,
-               seed: int = 0) -> Estimate:
+               seed: int = 0, reduce=None) -> Estimate:
     """``a - b`` with a PAIRED interval: seed k of ``a`` goes with seed k of ``b`` (both built from the same
     training seed), both scored on the same items resampled together. With unequal seed counts the first
-    min(len) seeds of each are paired."""
+    min(len) seeds of each are paired. ``reduce``: as :func:`estimate`'s, applied to each side."""
     k = min(len(a), len(b))
     a, b = list(a)[:k], list(b)[:k]
     _check([*a, *b])
+    f = reduce or _identity
     w = _item_weights(a[0].n, n_boot, np.random.default_rng(seed))
-    reps = np.mean([x.weighted(w) - y.weighted(w) for x, y in zip(a, b)], axis=0)
-    return _interval(np.stack([x.point() - y.point() for x, y in zip(a, b)]), reps, level, a[0].n)
+    reps = np.mean([f(x.weighted(w)) - f(y.weighted(w)) for x, y in zip(a, b)], axis=0)
+    return _interval(np.stack([f(x.point()) - f(y.point()) for x, y in zip(a, b)]), reps, level, a[0].n)
 
 
 def over_seeds(points: np.ndarray, *, level: float = LEVEL) -> Estimate:
@@ -176,7 +208,7 @@ def compare_text(name_a: str, name_b: str, diff: Estimate, *, index=(), scale: f
     """A sentence on ``a - b`` at ``index`` generated from the interval, e.g.
     "i-MAE is higher than MAE by 0.031 (95 % CI 0.012 to 0.050, 3 seeds)"."""
     m, lo, hi = (float(np.asarray(x)[index]) * scale for x in (diff.mean, diff.lo, diff.hi))
-    seeds = f"{diff.n_seeds} seeds" if diff.n_seeds > 1 else "single seed, pair resampling only"
+    seeds = f"{diff.n_seeds} training seeds" if diff.n_seeds > 1 else "one training seed, test-item resampling only"
     ci = f"95 % CI {lo:{fmt}} to {hi:{fmt}}{unit}, {seeds}"
     d = direction(lo, hi)
     if d == "within noise":
@@ -198,21 +230,6 @@ def moves_text(moves: Mapping[tuple[str, str], tuple[float, float]], *, baseline
         if d != "within noise":
             by_variant[variant].append(f"{measure} {d}")
     return "; ".join(f"{v}: {', '.join(ms)}" for v, ms in by_variant.items() if ms)
-
-
-VERDICTS = ("supported", "not detected at this scale", "contradicted")
-
-
-def verdict(diff_lo: float, diff_hi: float, *, expected: str = "higher", signal_ok: bool = True) -> str:
-    """The verdict on a claim that ``a`` is ``expected`` (``higher``/``lower``) than ``b``.
-
-    ``signal_ok`` is False when the trained encoder does not beat its untrained control beyond the noise
-    at this scale: no comparison of trained models is reported as a finding then.
-    """
-    d = direction(diff_lo, diff_hi)
-    if not signal_ok or d == "within noise":
-        return "not detected at this scale"
-    return "supported" if d == expected else "contradicted"
 
 
 def summary_rows(estimates: Mapping[str, Estimate], *, index_name: str | None = None, index=None,

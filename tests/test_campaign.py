@@ -777,14 +777,17 @@ def test_paper_scale_chapter_records_the_later_stages_for_the_findings(later, tm
     run_notebook("paper_scale", {"campaign_dir": str(later["root"] / "campaign" / "tiny"),
                                  "results_dir": str(results)}, root=REPO, out_dir=tmp_path, log=lambda *a: None)
     record = json.loads((results / "paper_scale.json").read_text())
-    assert "i-MAE − MAE continued" in record["ls_ratio_differences"]
-    assert "i-MAE − MAE continued" in record["accuracy"]["linear-probe"]["differences"]
-    assert set(record["same_prob_difference"]) == {"same_prob 1 − same_prob 0"}
-    assert set(record["finetune_differences"]) == {"i-MAE − MAE", "MAE − untrained"}
-    t = findings.paper_scale_findings(results)
-    assert not any(v.startswith("pending (campaign stage imae-sp0") or v == "pending (campaign stage finetune)"
-                   for v in t["verdict"])
-    assert any("equal compute" in m for m in t["measurement"])
+    claims = record["claims"]
+    assert claims["probe"]["equal_compute"] is not None  # the equal-compute MAE is in
+    assert claims["sampling"]["pending"] is None and claims["finetune"]["pending"] is None
+    assert "same_prob = 1.0 − same_prob = 0.0" not in claims["sampling"]["what"] and "same_prob" in claims["sampling"]["what"]
+    assert set(claims["finetune"]["gates"]) == {"fine-tuned MAE − same recipe from scratch",
+                                               "fine-tuned MAE − its linear probe"}
+    t = findings.findings(results, "paper").set_index("claim")
+    for key in ("probe", "sampling", "finetune"):
+        claim = next(c.claim for c in findings.CLAIMS if c.key == key)
+        assert t.loc[claim, "verdict"] != "pending", key
+    assert t.loc[findings.CLAIMS[4].claim, "equal compute"].startswith("i-MAE − MAE continued")
 
 
 def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):

@@ -62,129 +62,47 @@ def test_ls_over_the_ceiling_is_resampled_as_one_ratio():
     assert np.all(est.lo < est.mean) and np.all(est.mean < est.hi)
 
 
-def _d(mean, lo, hi):
-    return {"mean": mean, "lo": lo, "hi": hi, "n_seeds": 3, "n_items": 100}
+def _ev(main, gate=(0.05, 0.03, 0.07), equal=None, seeds=3, metric="accuracy", **kw):
+    from imae.verdict import Evidence, Interval
+    return Evidence(metric=metric, main=Interval(*main), gates={"MAE − untrained": Interval(*gate)}, n_seeds=seeds,
+                    equal_compute=None if equal is None else Interval(*equal), **kw).as_dict()
 
 
-def _write(tmp_path, name, rec, preset="small", sub=None):
-    folder = tmp_path / sub if sub else tmp_path
+def _write(tmp_path, name, claims, preset="small", sub=None, **rec):
+    folder = tmp_path / (sub or preset)
     folder.mkdir(exist_ok=True)
-    rec = {"notebook": name, "preset": preset, "seeds": [0, 1, 2], "runs": {
+    rec = {"notebook": name, "preset": preset, "seeds": [0, 1, 2], "claims": claims, "runs": {
         "MAE (seed 0)": {"method": "mae", "dataset": "cifar10", "train_images": "all", "epochs": 10, "hardware": "CPU"},
         "i-MAE (seed 0)": {"method": "imae", "dataset": "cifar10", "train_images": "all", "epochs": 4}}, **rec}
     (folder / f"{name}.json").write_text(json.dumps(rec))
 
 
-def _classification(signal, probe, ft_works=True):
-    return {"differences": {"linear probe": {"MAE − untrained": _d(*signal), "i-MAE − MAE": _d(*probe),
-                                             "i-MAE − MAE continued": _d(*probe)},
-                            "fine-tune": {"i-MAE − MAE": _d(0.02, 0.01, 0.03)}},
-            "finetune_works": ft_works}
-
-
-def _separability(diffs):
-    sub = {"i-MAE − MAE": _d(*[list(x) for x in zip(*diffs)]),
-           "i-MAE − MAE continued": _d(*[list(x) for x in zip(*diffs)]),
-           "MAE − untrained": _d([0.1] * 3, [0.05] * 3, [0.15] * 3)}
-    return {"alphas": [0.1, 0.3, 0.5], "differences": {"sub": sub}, "ratio_differences": {"sub": sub}}
-
-
-def test_findings_verdicts_follow_the_intervals_and_the_training_signal(tmp_path):
-    _write(tmp_path, "classification", _classification((0.08, 0.06, 0.10), (0.02, 0.01, 0.03), ft_works=False))
-    _write(tmp_path, "separability", _separability([(0.05, 0.02, 0.08), (-0.04, -0.06, -0.02), (0.0, -0.01, 0.01)]))
-    t = findings.findings(tmp_path).set_index("claim")
-    v = t["verdict"]
-    assert v["i-MAE learns better representations than MAE for linear probing"] == "supported"
-    assert v["... and for fine-tuning"] == "not detected at this scale"  # the recipe is not shown to work
-    assert "does not beat" in t.loc["... and for fine-tuning", "controls"]
-    ls = "Two-way reconstruction with distillation makes the mixture's latent linearly separable"
-    assert v[ls] == "contradicted"  # at alpha = 0.3 the interval lies below 0
-    assert v["The separability effect holds across α"] == "contradicted"
-    assert v["Semantics-enhanced (same-class) sampling raises the degree of semantics"] == "not measured"
-    assert "`small`" in t.loc[ls, "scale"] and "3 training seeds" in t.loc[ls, "scale"]
-
-
-def test_no_training_signal_means_nothing_is_detected(tmp_path):
-    _write(tmp_path, "classification", _classification((0.0, -0.01, 0.01), (0.05, 0.03, 0.07)))
-    t = findings.findings(tmp_path).set_index("claim")
-    assert t.loc["i-MAE learns better representations than MAE for linear probing", "verdict"] == \
-        "not detected at this scale"
+def test_findings_read_each_chapters_claims_and_judge_them_by_the_rule(tmp_path):
+    _write(tmp_path, "classification", {"probe": _ev((0.02, 0.01, 0.03), equal=(0.02, 0.01, 0.03)),
+                                        "finetune": _ev((0.02, 0.01, 0.03), gate=(-0.01, -0.02, 0.0))})
+    _write(tmp_path, "separability", {"ls": _ev((-0.04, -0.06, -0.02), metric="r2", equal=(0.0, -0.01, 0.01))})
+    t = findings.findings(tmp_path).set_index("claim")["verdict"]
+    claims = {c.key: c.claim for c in findings.CLAIMS}
+    assert t[claims["probe"]] == "supported"
+    assert t[claims["finetune"]] == "not measurable at this scale"  # fine-tuned MAE does not beat scratch
+    assert t[claims["ls"]] == "contradicted"
+    assert t[claims["sampling"]] == "not measured"
+    answers = findings.answer_table(tmp_path).set_index("claim")
+    assert answers.loc["Linear probe", "CPU edition"].startswith("**supported** (+2.0 [+1.0, +3.0] pts)")
+    assert answers.loc["Linear probe", "paper scale"] == "not measured"
 
 
 def test_the_largest_scale_wins_when_results_land(tmp_path):
-    _write(tmp_path, "classification", _classification((0.0, -0.01, 0.01), (0.0, -0.01, 0.01)), preset="tiny")
-    _write(tmp_path, "classification", _classification((0.1, 0.08, 0.12), (-0.03, -0.05, -0.01)),
-           preset="cifar", sub="cifar")
-    t = findings.findings(tmp_path).set_index("claim")
-    row = t.loc["i-MAE learns better representations than MAE for linear probing"]
-    assert row["verdict"] == "contradicted" and "`cifar`" in row["scale"]
+    _write(tmp_path, "classification", {"probe": _ev((0.0, -0.01, 0.01))}, preset="tiny")
+    _write(tmp_path, "classification", {"probe": _ev((-0.03, -0.05, -0.01))}, preset="small")
+    row = findings.findings(tmp_path).set_index("claim").loc[findings.CLAIMS[4].claim]
+    assert row["verdict"] == "contradicted"
+    assert findings.cpu_evidence(tmp_path)[1] == "small"
 
 
-def _paper_scale(signal, probe, ls_ratio, ds=None):
-    rec = {"alphas": [0.1, 0.3, 0.5], "runs": {"mae": {"method": "mae", "epochs": 55},
-                                               "imae": {"method": "imae", "epochs": 33}},
-           "hardware": "stored GPU campaign results (1x H200)",
-           "accuracy": {"linear-probe": {"differences": {"MAE − untrained": _d(*signal), "i-MAE − MAE": _d(*probe)}}},
-           "ls_ratio_differences": {"i-MAE − MAE": _d(*[list(x) for x in zip(*ls_ratio)])}}
-    if ds is not None:
-        rec.update(ds_alphas=[0.1, 0.3, 0.5], ds_differences={"i-MAE − MAE": _d(*[list(x) for x in zip(*ds)])})
-    return rec
-
-
-def test_paper_scale_findings_judge_the_campaign_and_name_what_is_pending(tmp_path):
-    assert findings.paper_scale_findings(tmp_path) is None  # no campaign chapter: no table
-    _write(tmp_path, "paper_scale", _paper_scale((0.09, 0.08, 0.10), (0.026, 0.017, 0.034),
-                                                 [(0.01, 0.005, 0.02), (0.045, 0.04, 0.05), (0.0, -0.01, 0.01)],
-                                                 ds=[(0.0, -0.01, 0.01), (0.01, 0.003, 0.02), (0.0, -0.01, 0.01)]),
-           preset="cifar", sub="cifar")
-    t = findings.paper_scale_findings(tmp_path).set_index("claim")
-    v = t["verdict"]
-    ls = "Two-way reconstruction with distillation makes the mixture's latent linearly separable"
-    # i-MAE trained longer than the MAE it beats: the verdict says the equal-compute control is missing
-    assert v[ls] == "supported (before the equal-compute control)"
-    assert v["i-MAE learns better representations than MAE for linear probing"].startswith("supported")
-    assert v["... and for fine-tuning"] == "pending (campaign stage finetune)"
-    assert v["The separability effect holds across α"] == "not detected at this scale"  # alpha 0.5: within noise
-    assert v["The semantics effect holds across α"] == "not detected at this scale"  # 1 of 2 alphas below 0.5
-    assert "MAE 55 + i-MAE 33 epochs, 1 training seed" in findings.paper_scale_findings(tmp_path).attrs["scale"]
-
-
-def test_paper_scale_findings_without_training_signal_detect_nothing(tmp_path):
-    _write(tmp_path, "paper_scale", _paper_scale((0.0, -0.01, 0.01), (0.026, 0.017, 0.034),
-                                                 [(0.045, 0.04, 0.05)] * 3), preset="cifar", sub="cifar")
-    t = findings.paper_scale_findings(tmp_path).set_index("claim")
-    assert set(t["verdict"]) <= {"not detected at this scale"} | {v for v in t["verdict"] if v.startswith("pending")}
-    assert t.loc["The semantics effect holds across α", "verdict"] == "pending (campaign stage eval)"
-
-
-def test_paper_scale_findings_use_the_equal_compute_control_once_it_is_in(tmp_path):
-    rec = _paper_scale((0.09, 0.08, 0.10), (0.026, 0.017, 0.034),
-                       [(0.01, 0.005, 0.02), (0.045, 0.04, 0.05), (0.0, -0.01, 0.01)])
-    rec["ls_ratio_differences"]["i-MAE − MAE continued"] = _d([0.0, 0.002, 0.0], [-0.01, -0.008, -0.01],
-                                                             [0.01, 0.012, 0.01])
-    rec["accuracy"]["linear-probe"]["differences"]["i-MAE − MAE continued"] = _d(0.02, 0.01, 0.03)
-    _write(tmp_path, "paper_scale", rec, preset="cifar", sub="cifar")
-    t = findings.paper_scale_findings(tmp_path)
-    ls = t[t["claim"] == "Two-way reconstruction with distillation makes the mixture's latent linearly separable"]
-    # no caveat on the i-MAE − MAE row now; the equal-compute row decides on its own interval
-    assert list(ls["verdict"]) == ["supported", "not detected at this scale"]
-    assert "equal compute" in ls["measurement"].iloc[1] and "next row" in ls["controls"].iloc[0]
-    probe = t[t["claim"] == "i-MAE learns better representations than MAE for linear probing"]
-    assert list(probe["verdict"]) == ["supported", "supported"]
-
-
-def test_paper_scale_findings_judge_same_prob_and_fine_tuning_when_they_came_back(tmp_path):
-    rec = _paper_scale((0.09, 0.08, 0.10), (0.026, 0.017, 0.034), [(0.045, 0.04, 0.05)] * 3)
-    rec["same_prob_difference"] = {"same_prob 1 − same_prob 0": _d(0.01, -0.005, 0.025)}
-    rec["finetune_differences"] = {"i-MAE − MAE": _d(0.02, 0.01, 0.03), "MAE − untrained": _d(0.0, -0.01, 0.01)}
-    _write(tmp_path, "paper_scale", rec, preset="cifar", sub="cifar")
-    t = findings.paper_scale_findings(tmp_path).set_index("claim")
-    assert t.loc["Semantics-enhanced (same-class) sampling raises the degree of semantics", "verdict"] == \
-        "not detected at this scale"
-    # pretraining does not beat training from scratch with this recipe: the fine-tuning comparison decides nothing
-    row = t.loc["... and for fine-tuning"]
-    assert row["verdict"] == "not detected at this scale" and "from scratch" in row["controls"]
-    rec["finetune_differences"]["MAE − untrained"] = _d(0.05, 0.03, 0.07)
-    _write(tmp_path, "paper_scale", rec, preset="cifar", sub="cifar")
-    assert findings.paper_scale_findings(tmp_path).set_index("claim").loc["... and for fine-tuning", "verdict"] == \
-        "supported"
+def test_records_without_claims_are_not_judged(tmp_path):
+    # a chapter record of an older version (no claims section) is not read as evidence
+    (tmp_path / "classification.json").write_text(json.dumps({"notebook": "classification", "preset": "small"}))
+    assert findings.cpu_evidence(tmp_path) == ({}, None)
+    assert set(findings.answer_table(tmp_path)["CPU edition"]) == {"not measured"}
+    assert findings.paper_scale_evidence(tmp_path) is None

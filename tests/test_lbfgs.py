@@ -80,7 +80,7 @@ def test_warm_start_at_the_optimum_stops_at_once():
     assert info["iterations"] <= 2 and torch.allclose(x2, x, atol=1e-4)
     zero = lambda t: (t.sum() * 0, torch.zeros_like(t))  # noqa: E731
     x3, info = minimize(zero, torch.ones(3))
-    assert info == {"loss": 0.0, "iterations": 0, "evaluations": 1, "stop": "tolerance_grad"}
+    assert info == {"loss": 0.0, "iterations": 0, "evaluations": 1, "stop": "tolerance_grad", "grad_max": 0.0}
     assert torch.equal(x3, torch.ones(3))
 
 

@@ -99,6 +99,24 @@ def test_linear_probe_and_knn_on_separable_clusters_and_random_labels():
     assert knn_classifier(x, y_rand, xt, yt_rand)["accuracy"] < 0.3
 
 
+def test_the_penalty_grid_grows_until_validation_accuracy_peaks_inside_it():
+    # Overlapping clusters and a grid of strong penalties only: accuracy still rises at the weak edge, so the
+    # grid grows weaker until it peaks inside (and says how the final fit stopped).
+    x, y, xt, yt = _blobs(2000, 500, 32, 5, seed=1, spread=0.5)
+    r = linear_classifier(x, y, xt, yt, weight_decays=(10.0, 3.0))
+    assert r["weight_decay"] < 3.0 and r["grid_edge"] is None and len(r["val_accuracy"]) > 2
+    assert list(map(float, r["val_accuracy"])) == sorted(map(float, r["val_accuracy"]), reverse=True)
+    assert r["fit"]["stop"] in ("tolerance_grad", "tolerance_change") and r["fit"]["grad_max"] < 1e-3
+    # Few noisy samples in many dimensions and a grid of weak penalties: it grows stronger.
+    x, y, xt, yt = _blobs(300, 500, 200, 5, seed=2, spread=0.2)
+    r = linear_classifier(x, y, xt, yt, weight_decays=(1e-3, 1e-6))
+    assert r["weight_decay"] > 1e-3 and r["grid_edge"] is None
+    # A tie with a penalty inside the grid is a plateau, not a cut: the given grid stays as it is.
+    x, y, xt, yt = _blobs(600, 300, 16, 5, seed=0)
+    r = linear_classifier(x, y, xt, yt)
+    assert r["grid_edge"] is None and len(r["val_accuracy"]) == 9
+
+
 def test_linear_classifier_reaches_the_logistic_optimum():
     """The closed-form-gradient L-BFGS lands where sklearn's lbfgs does (same penalty, unstandardised check)."""
     from sklearn.linear_model import LogisticRegression

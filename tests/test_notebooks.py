@@ -105,15 +105,24 @@ def test_findings_page_has_a_verdict_for_every_claim(executed_book):
     import pandas as pd
 
     html = (executed_book / "_build" / "html" / "findings.html").read_text()
+    from imae import verdict
+
     table = pd.read_csv(executed_book / "book" / "results" / "findings.csv")
     assert len(table) == 6 and table["verdict"].notna().all()
-    assert set(table["verdict"]) <= {"supported", "not detected at this scale", "contradicted", "not measured"}
+    assert set(table["verdict"]) <= set(verdict.LABELS)
     assert "not measured" not in set(table["verdict"])  # every chapter ran, so every claim has a measurement
     text = html.replace("&#8217;", "'").replace("\u2019", "'").replace("\u2026", "...")  # smart quotes, ellipsis
     for claim in table["claim"]:
         assert claim.split("'")[0][:30] in text
+    # the answer comes first: on the Findings page and on the introduction, one verdict per claim and scale
+    answers = pd.read_csv(executed_book / "book" / "results" / "answers.csv")
+    assert len(answers) == 6 and list(answers.columns) == ["claim", "CPU edition", "paper scale"]
+    assert all(any(v.startswith(f"**{label}**") for label in verdict.LABELS) for v in answers["CPU edition"])
+    assert html.index("tbl-answers") < html.index("tbl-findings")
     intro = (executed_book / "_build" / "html" / "intro.html").read_text()
     assert "findings.html" in intro
+    for short in answers["claim"]:
+        assert short.split(" (")[0] in intro
 
 
 def test_status_table_and_intro(executed_book):

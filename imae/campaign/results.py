@@ -303,7 +303,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         if "MAE" not in one or "i-MAE" not in one:
             return pending(f"No paper-scale results yet: {wait}", camp)
         alphas = one["MAE"][0]["alphas"]
-        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        k = stats.headline_index(alphas)
         metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
         est, d, seeds = camp.compare(what, metric)
         table = cmp.wide(cmp.frame(est, index=alphas))
@@ -332,22 +332,22 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         return text, table
     if chapter == "reconstruction":
         res = camp.evaluations("reconstruction")
-        if "MAE" not in res or "i-MAE" not in res:
+        if "i-MAE" not in res:
             return pending(f"No paper-scale results yet: {wait}", camp)
-        alphas = res["MAE"][0]["alphas"]
-        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        alphas = res["i-MAE"][0]["alphas"]
+        k = stats.headline_index(alphas)
         rows = {}
+        imae = res["i-MAE"]
         for part, name in (("sub", "subordinate"), ("dom", "dominant")):
-            for label, e in cmp.estimates(res, cmp.at_alpha(cmp.psnr_own(part), k)).items():
-                m, lo, hi = cmp.at(e)
+            for label, key in (("i-MAE", "imae"), ("mixture itself", "input")):
+                m, lo, hi = cmp.at(stats.estimate([cmp.at_alpha(cmp.psnr(key, part), k)(r) for r in imae]))
                 rows.setdefault(label, {})[f"PSNR {name}, removed patches, dB (α = {alphas[k]})"] = \
                     stats.fmt_ci(m, lo, hi, ".2f")
-        d = cmp.differences(res, cmp.at_alpha(cmp.psnr_own("sub"), k))
-        text = (f"At paper scale ({scale}), on the removed patches of the subordinate image at α = {alphas[k]}, "
-                f"{stats.compare_text('the i-MAE', 'the MAE', d['i-MAE − MAE'], unit=' dB', fmt='.2f')}")
-        if "MAE − untrained" in d:
-            text += (", and " + stats.compare_text("the MAE", "the untrained model", d["MAE − untrained"],
-                                                   unit=" dB", fmt=".2f"))
+        d = {p: stats.difference([cmp.at_alpha(cmp.psnr("imae", p), k)(r) for r in imae],
+                                 [cmp.at_alpha(cmp.psnr("input", p), k)(r) for r in imae]) for p in ("sub", "dom")}
+        text = (f"At paper scale ({scale}), on the removed patches at α = {alphas[k]}, "
+                f"{stats.compare_text('the i-MAE subordinate branch', 'the mixture itself', d['sub'], unit=' dB', fmt='.2f')}, "
+                f"and {stats.compare_text('its dominant branch', 'the mixture itself (an upper reference)', d['dom'], unit=' dB', fmt='.2f')}")
         return text, pd.DataFrame(rows).T.rename_axis("model")
     if chapter == "ablations":
         res = {w: camp.ablations(w) for w in ("separability", "reconstruction", "linear-probe")}
@@ -355,7 +355,7 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         if not variants:
             return pending(f"No paper-scale results yet: {wait}", camp)
         alphas = res["separability"]["standard"][0]["alphas"]
-        k = alphas.index(0.3) if 0.3 in alphas else len(alphas) // 2
+        k = stats.headline_index(alphas)
         measures = {f"LS sub R² (α = {alphas[k]})": ("separability", cmp.at_alpha(cmp.ls("sub", pool), k), 1.0, ".3f"),
                     f"PSNR sub dB (α = {alphas[k]})": ("reconstruction", cmp.at_alpha(cmp.psnr_own("sub"), k), 1.0, ".2f"),
                     "linear probe %": ("linear-probe", cmp.accuracy(pool), 100.0, ".1f")}

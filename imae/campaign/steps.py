@@ -244,11 +244,11 @@ def _summary(what: str, result: dict) -> dict:
             return {"accuracy": round(100 * result["accuracy"], 2)}
         if what == "separability":
             alphas = result["alphas"]
-            k = min(range(len(alphas)), key=lambda i: abs(alphas[i] - 0.3))
+            k = stats.headline_index(alphas)
             return {f"ls_sub_{p}@{alphas[k]}": round(v["sub"]["r2"][k], 4) for p, v in result["ridge"].items()}
         if what == "semantics":
             alphas = result["alphas"]
-            k = min(range(len(alphas)), key=lambda i: abs(alphas[i] - 0.3))
+            k = stats.headline_index(alphas)
             return {f"ds_sub_{p}@{alphas[k]}": round(v["sub"][k], 4) for p, v in result["accuracy"].items()}
         if what == "reconstruction":
             key = "imae" if result.get("imae") else "mae"

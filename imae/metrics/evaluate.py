@@ -87,7 +87,8 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
         reference_fingerprint: pin the reference: evaluating several models against one reference, pass its
             fingerprint and a reference that differs is refused (see
             :func:`~imae.metrics.loading.load_reference`).
-        **options: ``dataset``, ``data_root``, ``max_images`` (images per split, balanced over classes),
+        **options: ``dataset``, ``data_root``, ``max_images`` (images per split, balanced over classes; a
+            fine-tune trains on the whole train split and only its test split is capped),
             ``model_config``, and the keyword arguments of the evaluation's function (see
             :func:`options_for`), e.g. ``alphas``, ``n_pairs``, ``batch_size``, ``seed``, ``epochs``.
     Returns:
@@ -109,7 +110,9 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
     t0 = time.perf_counter()
     dev = resolve_device(device)
     model = load_model(checkpoint, model_config=options.get("model_config"), device=dev)
-    data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS})
+    # max_images sizes the frozen-feature evaluations; a fine-tune trains on the whole train split and is
+    # scored on the same capped test images as the probe it is compared with.
+    data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS}, cap_train=what != "finetune")
     kwargs = {**_defaults(what), **{k: v for k, v in options.items() if k not in (*_DATA_OPTIONS, "model_config")}}
     seed = kwargs.get("seed", 0)
     if "seed" not in _defaults(what):

@@ -77,13 +77,15 @@ class EvalData:
 
 
 def load_eval_data(cfg: RunConfig, *, dataset: str | None = None, data_root: str | None = None,
-                   max_images: int | None = None) -> EvalData:
+                   max_images: int | None = None, cap_train: bool = True) -> EvalData:
     """The un-augmented train and test splits of the model's dataset.
 
     Args:
         cfg: the model's run config (dataset and data root unless overridden).
         dataset, data_root: overrides.
         max_images: keep at most this many images per split, the same number from every class (CPU runs).
+        cap_train: False keeps the WHOLE train split and caps the test split only (fine-tuning: the cap that
+            sizes frozen-feature evaluations must not starve a model that trains).
     """
     name = dataset or cfg.data.dataset
     root = data_root if data_root is not None else cfg.data.root
@@ -99,7 +101,7 @@ def load_eval_data(cfg: RunConfig, *, dataset: str | None = None, data_root: str
     for split in ("train", "test"):
         a = load_arrays(name, split, root, download=cfg.data.download)
         images, labels = a.images, a.labels
-        if max_images is not None and max_images < len(labels):
+        if max_images is not None and max_images < len(labels) and (cap_train or split == "test"):
             idx = first_per_class(labels, max_images // info.num_classes)
             images, labels = images[idx], labels[idx]
         splits.append(Split(images, labels, info.num_classes, norm, split))

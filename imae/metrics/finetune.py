@@ -1,15 +1,20 @@
-"""End-to-end fine-tuning of a pretrained encoder: a short MAE-style recipe.
+"""End-to-end fine-tuning of a pretrained encoder: linear probe, then a short MAE-style fine-tune (LP-FT).
 
 The encoder (a copy; the loaded model stays frozen) gets a linear head on its pooled final-norm output
-(``mean`` of the patch tokens, as MAE's global-pool fine-tuning, or ``cls``). Recipe, after MAE's
-fine-tuning (shortened): AdamW(0.9, 0.999), lr = blr * batch / 256 with layer-wise lr decay (the head and
+(``mean`` of the patch tokens, as MAE's global-pool fine-tuning, or ``cls``). With ``head_init="probe"``
+(default) the head starts as the encoder's linear probe (:func:`~imae.metrics.probes.linear_classifier` on
+the frozen, un-augmented train features, folded back from standardised to raw features), so fine-tuning
+starts from the probe's accuracy instead of first undoing a random head's gradients through the encoder
+(linear-probe-then-fine-tune, Kumar et al. 2022); ``"zero"`` starts from a near-zero head. Recipe, after
+MAE's fine-tuning (shortened): AdamW(0.9, 0.999), lr = blr * batch / 256 with layer-wise lr decay (the head and
 final norm at lr, block i at lr * decay^(depth - i), the patch embedding and cls token at lr * decay^(depth
 + 1)), no weight decay on biases, norms and the cls token, per-step linear warmup then half-cosine to
 ``min_lr``, label smoothing, RandomResizedCrop + flip through :class:`~imae.data.BatchAugment`, bf16
 autocast on CUDA. Omitted for brevity and CPU speed: RandAugment, mixup/cutmix, drop-path, EMA.
 
-Test accuracy is measured after every epoch (the per-epoch curve) and the LAST epoch's is reported —
-choosing the best epoch would tune on the test set.
+Test accuracy is measured after every epoch (the per-epoch curve; epoch 0 is the starting head) and the
+LAST epoch's is reported — choosing the best epoch would tune on the test set. The same recipe from an
+untrained encoder is the from-scratch control; a recipe counts only where it beats both that and the probe.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from ..data.augment import BatchAugment
 from ..data.pairs import mix_seed
 from ..errors import ConfigError, ImaeError
 from ..schedule import warmup_cosine
-from .features import EvalData, autocast, pooled
+from .features import EvalData, autocast, clean_features, pooled
+from .probes import linear_classifier
 
 
 class Classifier(nn.Module):
@@ -82,10 +88,32 @@ def _test_correct(model: Classifier, data: EvalData, batch_size: int, device) ->
     return torch.cat(parts)
 
 
+HEAD_INITS = ("probe", "zero")
+
+
+@torch.no_grad()
+def probe_head(model: Classifier, data: EvalData, *, seed: int, device) -> dict:
+    """Set ``model.head`` to the linear probe of its (still frozen) encoder: the probe is fitted on
+    standardised features, ``((x - m) / s) @ W + b``, which on raw features is ``x @ (W / s) + (b - (m / s) @ W)``.
+    Returns the probe's result (without per-item arrays)."""
+    model.eval()
+    x = clean_features(model.encoder, data.train, device=device, pools=(model.pool,))[model.pool]
+    xt = clean_features(model.encoder, data.test, device=device, pools=(model.pool,))[model.pool]
+    mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    fit = linear_classifier(x, data.train.labels, xt, data.test.labels, num_classes=data.train.num_classes,
+                            seed=seed, device=device, return_weights=True)
+    w, b = fit.pop("weights")
+    w_raw = w / std[:, None].to(w.device)
+    model.head.weight.copy_(w_raw.T.to(model.head.weight))
+    model.head.bias.copy_((b - (mean.to(w.device) / std.to(w.device)) @ w).to(model.head.bias))
+    fit.pop("correct", None)
+    return fit
+
+
 def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128, blr: float = 1e-3,
              min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.75,
              warmup_epochs: float = 1.0, label_smoothing: float = 0.1, crop_scale=(0.2, 1.0),
-             pool: str = "mean", seed: int = 0, device="cpu") -> dict:
+             head_init: str = "probe", pool: str = "mean", seed: int = 0, device="cpu") -> dict:
     """Fine-tune a copy of ``encoder`` on the train split and report test accuracy.
 
     Args:
@@ -100,17 +128,21 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
         warmup_epochs: linear warmup length.
         label_smoothing: cross-entropy smoothing.
         crop_scale: RandomResizedCrop area range (flip always on).
+        head_init: ``probe`` (the encoder's linear probe, LP-FT) or ``zero`` (a near-zero head).
         pool: ``mean`` or ``cls``.
         seed: head init, data order, augmentation.
         device: where to train.
     Returns:
-        ``accuracy`` (final test accuracy), ``curve`` [{epoch, train_loss, test_accuracy, lr, time_s}], and
-        the recipe's values.
+        ``accuracy`` (final test accuracy), ``curve`` [{epoch, train_loss, test_accuracy, lr, time_s}] (epoch 0:
+        the starting head), ``probe`` (the starting probe's penalty and accuracy, with ``head_init="probe"``),
+        ``n_train`` (every train image: fine-tuning is never capped), and the recipe's values.
     """
     if epochs < 1:
         raise ConfigError(f"epochs={epochs} must be >= 1 for fine-tuning")
     if pool not in ("mean", "cls"):
         raise ConfigError(f"pool={pool!r}; choose mean or cls")
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"head_init={head_init!r}; choose one of {list(HEAD_INITS)}")
     device = torch.device(device)
     torch.manual_seed(seed)
     mae = copy.deepcopy(encoder).float()
@@ -120,6 +152,13 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
         if name.startswith(("decoder", "mask_token")):
             p.requires_grad_(False)  # the decoder takes no part in classification
     model = Classifier(mae, data.train.num_classes, pool).to(device)
+    curve, t0 = [], time.perf_counter()
+    probe = None
+    if head_init == "probe":
+        probe = probe_head(model, data, seed=seed, device=device)
+        start = _test_correct(model, data, 4 * batch_size, device)
+        curve.append({"epoch": 0, "train_loss": None, "test_accuracy": float(start.float().mean()), "lr": 0.0,
+                      "time_s": round(time.perf_counter() - t0, 3)})
     lr = blr * batch_size / 256
     opt = torch.optim.AdamW(layer_decay_groups(model, weight_decay=weight_decay, layer_decay=layer_decay), lr=lr,
                             betas=(0.9, 0.999))
@@ -130,7 +169,7 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
     aug = BatchAugment(data.train.images.shape[-1], (info.mean / 255).flatten().tolist(),
                        (info.std / 255).flatten().tolist(), scale=tuple(crop_scale), hflip=True, train=True)
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    curve, step, t0 = [], 0, time.perf_counter()
+    step = 0
     for epoch in range(epochs):
         model.train()
         g = torch.Generator(device=device).manual_seed(mix_seed(seed, epoch))
@@ -162,5 +201,5 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
     return {"accuracy": curve[-1]["test_accuracy"], "curve": curve, "epochs": epochs, "pool": pool,
             "batch_size": batch_size, "blr": blr, "lr": lr, "layer_decay": layer_decay, "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "crop_scale": list(crop_scale),
-            "n_train": n, "n_test": len(data.test),
+            "head_init": head_init, "probe": probe, "n_train": n, "n_test": len(data.test),
             "items": {f"{pool}/correct": correct.numpy(), "test_index": np.arange(len(data.test), dtype=np.int64)}}

@@ -44,7 +44,8 @@ def minimize(fun: Objective, x0: torch.Tensor, *, max_iter: int = 100, history: 
         c1: the sufficient-decrease constant.
         max_ls: function evaluations per line search at most.
     Returns:
-        ``(x, info)``: the last accepted point, and {"loss", "iterations", "evaluations", "stop"}.
+        ``(x, info)``: the last accepted point, and {"loss", "iterations", "evaluations", "stop", "grad_max"}
+        (the largest absolute gradient entry at that point: how close to the minimum the fit stopped).
     """
     if x0.dim() != 1 or not x0.is_floating_point():
         raise ValueError(f"lbfgs.minimize: x0 must be a 1-D float tensor, got {tuple(x0.shape)} {x0.dtype}")
@@ -57,7 +58,7 @@ def minimize(fun: Objective, x0: torch.Tensor, *, max_iter: int = 100, history: 
     if not math.isfinite(loss):
         raise FloatingPointError(f"lbfgs.minimize: the loss at the starting point is {loss}")
     if gmax <= tolerance_grad:
-        return x, {"loss": loss, "iterations": 0, "evaluations": evals, "stop": "tolerance_grad"}
+        return x, {"loss": loss, "iterations": 0, "evaluations": evals, "stop": "tolerance_grad", "grad_max": gmax}
     steps: list[torch.Tensor] = []  # s_k = x_{k+1} - x_k
     diffs: list[torch.Tensor] = []  # y_k = g_{k+1} - g_k
     rhos: list[float] = []  # 1 / (y_k . s_k)
@@ -111,7 +112,7 @@ def minimize(fun: Objective, x0: torch.Tensor, *, max_iter: int = 100, history: 
                 stop = "line_search"
             break
         loss_prev = loss
-        x, g, loss = x_new, g_new, loss_new
+        x, g, loss, gmax = x_new, g_new, loss_new, gmax_new
         if ys > 1e-10:
             if len(steps) == history:
                 steps.pop(0), diffs.pop(0), rhos.pop(0)
@@ -125,7 +126,7 @@ def minimize(fun: Objective, x0: torch.Tensor, *, max_iter: int = 100, history: 
         if smax <= tolerance_change or abs(loss - loss_prev) < tolerance_change:
             stop = "tolerance_change"
             break
-    return x, {"loss": loss, "iterations": it, "evaluations": evals, "stop": stop}
+    return x, {"loss": loss, "iterations": it, "evaluations": evals, "stop": stop, "grad_max": gmax}
 
 
 __all__ = ["minimize"]

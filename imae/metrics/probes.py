@@ -3,7 +3,9 @@
 * :func:`linear_classifier`: multinomial logistic regression on cached features, standardised with the
   training set's mean and std, trained full-batch with L-BFGS (:mod:`imae.metrics.lbfgs`). The L2 weight decay is chosen on a seeded
   validation split of the training features from a log grid (walked from strong to weak, each fit warm-
-  starting the next), then the classifier is refitted on all training features. With ``groups`` (the image
+  starting the next; where the best penalty sits at an edge of the grid the grid grows past that edge until
+  validation accuracy peaks inside it), then the classifier is refitted on all training features, with an
+  iteration budget that lets it converge (the result reports how it stopped). With ``groups`` (the image
   ids of each row; (N, 2) for mixture pairs) the validation split is grouped by image, as ridge's
   (:func:`imae.metrics.ridge.group_split`): no image on both sides. On 50k x 192 features it
   takes seconds on a CPU and runs on a GPU when the features are there.
@@ -32,6 +34,7 @@ from .lbfgs import minimize
 from .ridge import group_split
 
 WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6)  # strong -> weak (warm starts)
+GRID_STEP, GRID_GROW = 10.0, 4  # a best penalty at an edge of the grid extends it by this factor, up to 4 times
 # Which optimiser fits the classifiers: the campaign's planner predicts a fitting evaluation's time only from
 # evaluations fitted by the same one (torch's L-BFGS, before this, waited ~40 times per iteration on a GPU).
 OPTIMIZER = "imae.metrics.lbfgs-1"
@@ -106,8 +109,9 @@ def _accuracy(x, y, w, b) -> float:
 
 def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
                       num_classes: int | None = None, weight_decays: Sequence[float] = WEIGHT_DECAYS,
-                      val_fraction: float = 0.2, max_iter: int = 100, seed: int = 0, device=None, groups=None,
-                      return_probs: bool = False) -> dict:
+                      val_fraction: float = 0.2, max_iter: int = 100, final_max_iter: int | None = None,
+                      seed: int = 0, device=None, groups=None, return_probs: bool = False,
+                      return_weights: bool = False) -> dict:
     """Multinomial logistic regression on frozen features; weight decay chosen on a validation split.
 
     Args:
@@ -116,16 +120,23 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         num_classes: default max label + 1.
         weight_decays: L2 penalties tried (coefficient of ||W||²/2 added to the MEAN cross-entropy).
         val_fraction: share of the training rows held out to choose the penalty.
-        max_iter: L-BFGS iterations per fit.
+        max_iter: L-BFGS iterations per fit of the penalty search.
+        final_max_iter: L-BFGS iterations of the final fit on all training rows (default 3 * max_iter); the
+            result's ``fit`` says how it stopped and its final largest gradient entry.
         seed: the validation split's seed.
         device: where to fit (default: the CPU).
         groups: optional image ids per training row, (N,) or (N, k) (mixture pairs: (N, 2)); the penalty's
             validation split is then grouped by image (rows mixing validation and fitting images are left out
             of the penalty choice, not of the final fit).
         return_probs: also return ``probs``, the test rows' class probabilities (N_test, C) float32 numpy.
+        return_weights: also return ``weights``, the fitted (W (D, C), b (C,)) on STANDARDISED features (the
+            training rows' mean and std), e.g. to start a fine-tune's head from the probe.
     Returns:
         ``accuracy`` (test, in [0, 1]), ``train_accuracy``, ``weight_decay`` (chosen), ``val_accuracy``
-        ({penalty: accuracy}), ``n_train``, ``n_test``, ``n_val`` (validation rows), and ``correct``: (N_test,)
+        ({penalty: accuracy}, strongest first, the grown grid included), ``grid_edge`` (None when the chosen
+        penalty lies inside the grid; ``weak`` / ``strong`` when it is still at an edge after the grid grew
+        :data:`GRID_GROW` steps), ``fit`` (the final fit's ``iterations``, ``stop`` and ``grad_max``),
+        ``n_train``, ``n_test``, ``n_val`` (validation rows), and ``correct``: (N_test,)
         bool numpy, whether each test row was classified right (for resampling; not JSON).
     """
     dev = _as_device(device)
@@ -145,29 +156,57 @@ def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     w = torch.zeros(x_train.shape[1], c, device=dev)
     b = torch.zeros(c, device=dev)
     x_fit, y_fit, x_val, y_val = x_train[fit], y_train[fit], x_train[val], y_train[val]  # gathered once
-    grid = sorted(weight_decays, reverse=True)
-    hits, states = [], {}
-    for wd in grid:
-        _lbfgs_fit(x_fit, y_fit, w, b, wd, max_iter)
-        with torch.no_grad():  # kept on the device: one host sync for the whole grid, after it
-            hits.append(((x_val @ w + b).argmax(dim=1) == y_val).float().mean())
-        states[wd] = (w.detach().clone(), b.detach().clone())
-    val_acc = dict(zip(grid, torch.stack(hits).tolist()))  # float32 -> float exactly, as float() per penalty
-    # Ties go to the strongest penalty: the simplest classifier that does as well.
-    best = max(val_acc, key=lambda k: (val_acc[k], k))
+    states: dict[float, tuple] = {}
+    hits: dict[float, torch.Tensor] = {}
+
+    def try_penalties(penalties) -> None:
+        for wd in penalties:  # each fit warm-starts from the current w, b
+            _lbfgs_fit(x_fit, y_fit, w, b, wd, max_iter)
+            with torch.no_grad():  # kept on the device: one host sync per batch of penalties
+                hits[wd] = ((x_val @ w + b).argmax(dim=1) == y_val).float().mean()
+            states[wd] = (w.detach().clone(), b.detach().clone())
+
+    def best_penalty() -> float:
+        val = dict(zip(hits, torch.stack(list(hits.values())).tolist()))  # float32 -> float exactly
+        # Ties go to the strongest penalty: the simplest classifier that does as well.
+        return max(val, key=lambda k: (val[k], k)), val
+
+    try_penalties(sorted(weight_decays, reverse=True))
+    best, val_acc = best_penalty()
+    # The grid grows until validation accuracy peaks inside it: a best penalty at an edge that beats every other
+    # one means the peak may lie beyond it (a probe cut short); a tie with a penalty inside is a plateau, not a
+    # cut. Each step is a factor GRID_STEP, at most GRID_GROW steps.
+    def strict_edge(best, val) -> bool:  # the edge beats every other penalty: accuracy still rising there
+        return best in (min(val), max(val)) and all(v < val[best] for k, v in val.items() if k != best)
+
+    for _ in range(GRID_GROW):
+        lo, hi = min(hits), max(hits)
+        if not strict_edge(best, val_acc):
+            break
+        if best == lo:  # weakest: continue the warm-started path to weaker penalties
+            w.copy_(states[lo][0]), b.copy_(states[lo][1])
+            try_penalties([lo / GRID_STEP])
+        elif best == hi:  # strongest: a stronger penalty from the strongest one's solution
+            w.copy_(states[hi][0]), b.copy_(states[hi][1])
+            try_penalties([hi * GRID_STEP])
+        best, val_acc = best_penalty()
+    edge = None if not strict_edge(best, val_acc) else "weak" if best == min(hits) else "strong"
     with torch.no_grad():
         w.copy_(states[best][0])
         b.copy_(states[best][1])
-    _lbfgs_fit(x_train, y_train, w, b, best, max_iter)
+    final = _lbfgs_fit(x_train, y_train, w, b, best, final_max_iter or 3 * max_iter)
     with torch.no_grad():
         logits = x_test @ w + b
         correct = logits.argmax(dim=1) == y_test
     out = {"accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
            "train_accuracy": _accuracy(x_train, y_train, w, b), "weight_decay": best,
-           "val_accuracy": {str(k): v for k, v in val_acc.items()}, "n_train": n, "n_test": int(x_test.shape[0]),
-           "n_val": int(len(val)), "correct": correct.cpu().numpy()}
+           "val_accuracy": {str(k): v for k, v in sorted(val_acc.items(), reverse=True)}, "grid_edge": edge,
+           "fit": {k: final[k] for k in ("iterations", "stop", "grad_max")}, "n_train": n,
+           "n_test": int(x_test.shape[0]), "n_val": int(len(val)), "correct": correct.cpu().numpy()}
     if return_probs:
         out["probs"] = logits.softmax(dim=1).float().cpu().numpy()
+    if return_weights:
+        out["weights"] = (w.detach().clone(), b.detach().clone())
     return out
 
 

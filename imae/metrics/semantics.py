@@ -70,7 +70,8 @@ def set_chance(num_classes: int, label_sub, label_dom) -> float:
 def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
                         n_pairs: int | None = None, pairing: str = "different", pools: Sequence[str] = POOLS,
                         seed: int = 0, batch_size: int = 256, device="cpu",
-                        weight_decays: Sequence[float] = WEIGHT_DECAYS, max_iter: int = 100) -> dict:
+                        weight_decays: Sequence[float] = WEIGHT_DECAYS, max_iter: int = 100,
+                        shuffled_control: bool = False) -> dict:
     """DS(alpha) of ``model``'s encoder (see the module docstring).
 
     Args:
@@ -84,11 +85,15 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
         batch_size, device: feature extraction and classifier fitting (the classifiers are independent fits:
             on CUDA they run concurrently, see :func:`~imae.metrics.probes.linear_classifiers`).
         weight_decays, max_iter: the classifier's penalty grid and L-BFGS iterations.
+        shuffled_control: also fit the subordinate's classifier on train labels shuffled across pairs (the
+            same fit, nothing to learn): its test accuracy is the empirical chance of the whole procedure,
+            shown beside 1 / (C - 1) and the untrained encoder.
     Returns:
         ``alphas``, ``clean_accuracy`` {pool: clean linear-probe accuracy}, ``accuracy`` / ``ratio`` /
         ``weight_decay`` as {pool: {sub|dom: list over alphas}}, ``set_accuracy`` {pool: list over alphas},
-        ``chance`` (1 / (C - 1) for different-class pairs, else 1 / C), ``set_chance``, the pair counts, and
-        ``items`` (per-pair arrays, see the module docstring).
+        ``chance`` (1 / (C - 1) for different-class pairs, else 1 / C), ``set_chance``, the pair counts,
+        ``shuffled_accuracy`` {pool: list over alphas} (with ``shuffled_control``; per-pair hits in
+        ``items["{pool}/shuffled/correct"]``), and ``items`` (per-pair arrays, see the module docstring).
     """
     alphas = check_alphas(alphas)
     kw = dict(batch_size=batch_size, device=device, pools=pools)
@@ -98,18 +103,24 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
     split = {"train": data.train, "test": data.test}
     feats = {s: mixture_features(model.mae, split[s], pairs[s], alphas, **kw) for s in split}
     labels = {s: {"sub": split[s].labels[pairs[s].a], "dom": split[s].labels[pairs[s].b]} for s in split}
+    targets = ("sub", "dom")
+    if shuffled_control:  # train labels of the subordinate permuted across pairs (seeded); test labels true
+        perm = torch.randperm(len(pairs["train"]), generator=torch.Generator().manual_seed(seed + 7))
+        labels["train"]["shuffled"] = labels["train"]["sub"][perm]
+        labels["test"]["shuffled"] = labels["test"]["sub"]
+        targets = ("sub", "dom", "shuffled")
     groups = torch.stack([pairs["train"].a, pairs["train"].b], dim=1)  # validation split grouped by image
     # Every classifier at once (the clean probe's, as linear_probe fits them, then one per pool x target x
     # alpha): independent fits, which linear_classifiers runs concurrently on CUDA with unchanged results.
     clean_train, clean_test = clean_split_features(model.mae, data, **kw)
-    order = [(p, target, k) for p in pools for target in ("sub", "dom") for k in range(len(alphas))]
+    order = [(p, target, k) for p in pools for target in targets for k in range(len(alphas))]
     mixed = [dict(x_train=feats["train"][p][k], y_train=labels["train"][target], x_test=feats["test"][p][k],
                   y_test=labels["test"][target], groups=groups, num_classes=data.train.num_classes,
                   return_probs=True) for p, target, k in order]
     fits = linear_classifiers(_probe_calls(clean_train, clean_test, data, pools) + mixed, **fit_options)
     clean = dict(zip(pools, fits[:len(pools)]))
     fitted = dict(zip(order, fits[len(pools):]))
-    acc, ratio, wd, set_acc = {}, {}, {}, {}
+    acc, ratio, wd, set_acc, shuffled = {}, {}, {}, {}, {}
     items: dict[str, np.ndarray] = {"pairs_a": pairs["test"].a.numpy().astype(np.int64),
                                     "pairs_b": pairs["test"].b.numpy().astype(np.int64)}
     for p in pools:
@@ -126,9 +137,14 @@ def degree_of_semantics(model: LoadedModel, data: EvalData, *, alphas: Sequence[
                          for rs, rd in zip(runs["sub"], runs["dom"])])
         items[f"{p}/set_correct"] = hits
         set_acc[p] = [float(h.mean()) if h.size else float("nan") for h in hits]
+        if shuffled_control:
+            sh = [fitted[p, "shuffled", k] for k in range(len(alphas))]
+            shuffled[p] = [r["accuracy"] for r in sh]
+            items[f"{p}/shuffled/correct"] = np.stack([r["correct"] for r in sh]).astype(bool)
     c = data.train.num_classes
     return {"alphas": alphas, "pools": list(pools), "pairing": pairing, "n_train_pairs": len(pairs["train"]),
             "n_test_pairs": len(pairs["test"]), "chance": chance_level(c, pairing),
             "set_chance": set_chance(c, labels["test"]["sub"], labels["test"]["dom"]),
             "clean_accuracy": {p: clean[p]["accuracy"] for p in pools}, "accuracy": acc, "ratio": ratio,
-            "set_accuracy": set_acc, "weight_decay": wd, "items": items}
+            "set_accuracy": set_acc, "weight_decay": wd, "items": items,
+            **({"shuffled_accuracy": shuffled} if shuffled_control else {})}
