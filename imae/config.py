@@ -390,16 +390,38 @@ def derived(cfg: RunConfig, world_size: int = 1) -> dict:
             "num_patches": (cfg.model.img_size // cfg.model.patch_size) ** 2}
 
 
+# The fields every fingerprint has always hashed. A field added later counts only when it differs from its
+# default, so adding a config field never renames (and so never retrains) the runs already cached.
+_HASHED_SINCE_FIRST = {
+    "model": {"decoder_depth", "decoder_embed_dim", "decoder_num_heads", "depth", "embed_dim", "img_size",
+              "in_chans", "mlp_ratio", "norm_pix_loss", "num_heads", "patch_size"},
+    "data": {"crop_scale", "dataset", "hflip", "loader", "same_prob", "subset_per_class"},
+    "imae": {"alpha", "alpha_mode", "alpha_range", "init", "teacher", "teacher_input", "w_distill_dom",
+             "w_distill_sub", "w_rec_dom", "w_rec_sub"},
+    "train": {"accum_iter", "batch_size", "betas", "blr", "epochs", "mask_ratio", "method", "min_lr", "seed",
+              "warmup_epochs", "weight_decay"},
+}
+
+
 def fingerprint(cfg: RunConfig, teacher_fingerprint: str | None = None) -> str:
     """A short hash of everything that changes what a run computes (not where or how fast).
 
     ``teacher_fingerprint`` identifies the run an i-MAE distils from, or the run an MAE starts from
-    (``train.init_from``): the weights count by what they are, not where they lie."""
+    (``train.init_from``): the weights count by what they are, not where they lie. A field added after the
+    first release (not in ``_HASHED_SINCE_FIRST``) counts only when it differs from its default, so caches
+    survive new fields (``train.init_from`` is the first such field)."""
     d = cfg.to_dict()
     for key in _OPERATIONAL:
         sec, name = key.split(".")
         d[sec].pop(name, None)
-    init_from = d["train"].pop("init_from")  # absent unless set: older runs keep their fingerprints
+    for sec, fields in _HASHED_SINCE_FIRST.items():
+        if sec not in d:
+            continue
+        defaults = _field_defaults(sec)
+        for name in [n for n in d[sec] if n not in fields]:
+            if name in defaults and d[sec][name] == defaults[name]:
+                del d[sec][name]
+    init_from = d["train"].pop("init_from", None)
     if init_from is not None:
         d["train"]["init_from"] = teacher_fingerprint or init_from
     if cfg.method == "mae":
@@ -408,3 +430,10 @@ def fingerprint(cfg: RunConfig, teacher_fingerprint: str | None = None) -> str:
         d["imae"]["teacher"] = teacher_fingerprint or d["imae"]["teacher"]
     blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:10]
+
+
+
+def _field_defaults(section: str) -> dict:
+    """{field: default} of one config section, JSON-shaped as :meth:`RunConfig.to_dict` writes it."""
+    cls = {"model": ModelConfig, "data": DataConfig, "imae": IMAEConfig, "train": TrainConfig}[section]
+    return json.loads(json.dumps(dataclasses.asdict(cls())))
