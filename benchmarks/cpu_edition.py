@@ -36,10 +36,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import throughput  # noqa: E402
 from benchmarks.cpu_pipeline import peak_rss_mb  # noqa: E402
+from imae import evaluations  # noqa: E402
 from imae.config import build_config  # noqa: E402
 from imae.reproduce import notebook_parameters  # noqa: E402
 
-EVALS = ("separability", "semantics", "linear-probe", "knn", "reconstruction")
+EVALS = evaluations.frozen()  # every registered evaluation of a frozen model (imae.evaluations)
 
 
 def training(args) -> dict:

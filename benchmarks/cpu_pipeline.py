@@ -61,7 +61,7 @@ def run_evaluations(metrics, runs: dict, args) -> dict:
     fn = getattr(metrics, "evaluate", None)
     if not callable(fn) or not {"what"} <= set(inspect.signature(fn).parameters):
         return {"skipped": "imae.metrics has no evaluate(checkpoint, what, ...) entry point"}
-    whats = args.eval_what or [w for w in getattr(metrics, "WHATS", ()) if w != "finetune"]
+    whats = args.eval_what or [w for w in getattr(metrics, "WHATS", ()) if w != "finetune"]  # the registry's, via imae.metrics
     if not whats:
         return {"skipped": "no evaluation named (imae.metrics.WHATS is empty; pass --eval-what)"}
     done = []

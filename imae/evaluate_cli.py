@@ -26,35 +26,26 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import evaluations
 from .errors import ConfigError
-
-ENCODER_WHATS = ("linear-probe", "knn")  # what an exported encoder (no decoder, no splitter) can be scored on
 
 # CLI flag -> evaluate() option; each is passed only to the evaluations that take it.
 _FLAGS = {"alphas": "alphas", "n_pairs": "n_pairs", "batch_size": "batch_size", "epochs": "epochs", "seed": "seed",
           "pairing": "pairing", "max_images": "max_images", "mask_ratio": "mask_ratio"}
 
 
-# imae.metrics.WHATS and imae.metrics.features.PAIRINGS, spelled here so that the arguments are checked before
-# torch is imported (tests/test_faults.py checks that they agree).
-WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
+# imae.metrics.features.PAIRINGS, spelled here so that the arguments are checked before torch is imported
+# (tests/test_faults.py checks that they agree). The evaluations come from the registry, which is torch-free.
 PAIRINGS = ("different", "same", "random")
 
 
 def _whats(text: str) -> list[str]:
-    import difflib
-
     items = [w.strip() for w in text.split(",") if w.strip()]
     if items == ["all"]:
-        return list(WHATS)
+        return list(evaluations.names())
     if not items:
-        raise ConfigError(f"--what is empty; choose from {list(WHATS)} (comma-separated) or all")
-    for w in items:
-        if w not in WHATS:
-            close = difflib.get_close_matches(w, WHATS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown evaluation what={w!r}; choose one of {list(WHATS)}.{hint}")
-    return items
+        raise ConfigError(f"--what is empty; choose from {list(evaluations.names())} (comma-separated) or all")
+    return [evaluations.get(w).name for w in items]
 
 
 def check_arguments(args) -> list[str]:
@@ -91,7 +82,7 @@ def cmd_evaluate(args) -> int:
             raise ConfigError(f"{flag} does not apply to --what {args.what}; it is used by {', '.join(users)}")
     for what in whats:
         opts = {**common, **{k: v for k, v in given.items() if k in options_for(what)}}
-        steps = recipe(what, opts) if what in ENCODER_WHATS else None
+        steps = recipe(what, opts) if what in evaluations.clean_classifiers() else None
         if steps:
             _print_recipe(what, steps)
         result = evaluate(args.checkpoint, what, out=args.out, reference=args.reference, device=args.device, **opts)
@@ -104,11 +95,12 @@ def cmd_evaluate(args) -> int:
 
 def _cmd_evaluate_encoder(args, whats: list[str], given: dict) -> int:
     """``evaluate`` of an exported encoder (a timm folder or hub name): linear-probe and knn only."""
-    other = [w for w in whats if w not in ENCODER_WHATS]
+    other = [w for w in whats if w not in evaluations.clean_classifiers()]
     if other:
         raise ConfigError(f"{args.checkpoint} is an exported encoder (timm): it has no decoder or splitter heads, "
-                          f"so --what {', '.join(other)} cannot run on it; choose from {list(ENCODER_WHATS)} (the "
-                          "mixture metrics need one of our run directories or checkpoints)")
+                          f"so --what {', '.join(other)} cannot run on it; choose from "
+                          f"{list(evaluations.clean_classifiers())} (the mixture metrics need one of our run "
+                          "directories or checkpoints)")
     if args.reference:
         raise ConfigError("--reference applies to separability and reconstruction, not to an exported encoder")
     allowed = {"batch_size", "seed", "max_images"}
@@ -161,7 +153,7 @@ def recipe(what: str, options: dict | None = None, *, input_note: str | None = N
                   f"{opt('temperature', kn)})",
                   "score: top-1 accuracy on the test split"]
     else:
-        raise ConfigError(f"no printed recipe for {what!r}; recipes exist for {list(ENCODER_WHATS)}")
+        raise ConfigError(f"no printed recipe for {what!r}; recipes exist for {list(evaluations.clean_classifiers())}")
     return steps
 
 
@@ -214,8 +206,8 @@ def evaluate_encoder(source: str | os.PathLike, what: str = "linear-probe", *, o
     from .metrics.loading import LoadedModel, resolve_device
     from .metrics.probes import knn, linear_probe
 
-    if what not in ENCODER_WHATS:
-        raise ConfigError(f"an exported encoder is scored on {list(ENCODER_WHATS)}, not {what!r}")
+    if what not in evaluations.clean_classifiers():
+        raise ConfigError(f"an exported encoder is scored on {list(evaluations.clean_classifiers())}, not {what!r}")
     t0 = time.perf_counter()
     dev = resolve_device(device)
     info = dataset_info(dataset)
@@ -298,8 +290,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="run directory or checkpoint file, or an exported encoder: a timm folder (python -m imae "
                         "export --to timm), local-dir:PATH, hf-hub:ID or timm:NAME (linear-probe and knn)")
-    p.add_argument("--what", required=True, help="separability | semantics | linear-probe | knn | finetune | "
-                                                 "reconstruction; several comma-separated, or all")
+    p.add_argument("--what", required=True, help=" | ".join(evaluations.names()) + "; several comma-separated, or all")
     p.add_argument("--out", required=True, help="results folder (DIR/<what>.json, DIR/config.yaml)")
     p.add_argument("--reference", help="reference MAE for separability/reconstruction (default: the i-MAE's "
                                        "teacher; an MAE is its own)")

@@ -237,8 +237,9 @@ def test_later_stages_run_from_the_stored_weights(later):
         fixed["imae"]["epochs"]
     seed = m["stages"]["seed1"]["plan"]["train"]
     assert seed["mae"]["epochs"] == fixed["mae"]["epochs"] and seed["imae"]["epochs"] == fixed["imae"]["epochs"]
-    assert set(m["stages"]["seed1"]["items"]) == {f"{m}/{w}" for m in ("mae", "imae", "untrained-1")
-                                                  for w in ("knn", "linear-probe", "separability")}
+    assert seed["mae-continued"]["epochs"] == fixed["imae"]["epochs"]  # each seed has its equal-compute MAE
+    assert set(m["stages"]["seed1"]["items"]) == {f"{m}/{w}" for m in ("mae", "imae", "mae-continued", "untrained-1")
+                                                  for w in ("knn", "linear-probe", "separability", "semantics")}
     for name in LATER:
         items = m["stages"][name]["items"]
         assert items and all(("optimizer" in it) == (k.endswith(("/linear-probe", "/semantics")))
@@ -262,9 +263,15 @@ def test_the_book_reads_the_later_stages(later):
     camp = load_campaign("tiny", root=root)
     assert camp.seeds() == [0, 1]
     knn = camp.evaluations("knn", seeds=True)
-    assert set(knn) == {"MAE", "i-MAE", "untrained"} and all(len(v) == 2 for v in knn.values())
+    assert set(knn) == {"MAE", "i-MAE", "untrained", "MAE continued"} and all(len(v) == 2 for v in knn.values())
     assert set(camp.evaluations("knn")) == {"MAE", "i-MAE", "untrained", "MAE continued"}
-    assert camp.evaluations("semantics", seeds=True) == {}  # no seed stage scores semantics: seed 0 alone then
+    assert all(len(v) == 2 for v in camp.evaluations("semantics", seeds=True).values())
+    # separability: seed stages score against the seed-0 teacher (independent), never mixed with seed 0's own
+    assert all(len(v) == 1 for v in camp.evaluations("separability", seeds=True).values())
+    ind = camp.independent("separability")
+    assert set(ind) == {"MAE", "i-MAE", "untrained", "MAE continued"} and all(len(v) == 1 for v in ind.values())
+    assert ind["i-MAE"][0]["metadata"]["reference"]["fingerprint"] == \
+        camp.evaluations("separability")["MAE"][0]["metadata"]["fingerprint"]
     assert set(camp.ablations("separability")) == {"standard", "no distillation"}
 
     text, table = chapter_summary("classification", preset="tiny", root=root)
@@ -272,14 +279,14 @@ def test_the_book_reads_the_later_stages(later):
     assert list(table.index) == ["MAE", "i-MAE", "untrained", "MAE continued (seed 0)"]
     assert table.loc["MAE continued (seed 0)", "fine-tuned top-1 % (seed 0)"] == "—"
     text, table = chapter_summary("separability", preset="tiny", root=root)
-    assert "2 training seeds" in text and "the untrained encoder" in text and "equal-compute" in text
+    assert "the untrained encoder" in text and "equal-compute" in text
     assert set(table.columns) == {"MAE", "i-MAE", "untrained", "MAE continued (seed 0)"}
     text, table = chapter_summary("semantics", preset="tiny", root=root)
     assert "same_prob 0" in text and "i-MAE, same_prob 0" in table.columns
     text, table = chapter_summary("ablations", preset="tiny", root=root)
     assert "1 of the 6 ablations back" in text and list(table.index) == ["standard", "no distillation"]
     text, table = chapter_summary("reconstruction", preset="tiny", root=root)
-    assert "dB" in text and list(table.index) == ["MAE", "i-MAE", "untrained"]
+    assert "dB" in text and "mixture itself" in text and list(table.index) == ["i-MAE", "mixture itself"]
 
 
 def test_budget_too_small_for_stage_two(toy_root, tmp_path):

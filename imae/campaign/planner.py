@@ -75,39 +75,28 @@ def train_seconds(epochs: int, rate: float, images_per_epoch: int, overhead_s: f
 
 
 def eval_forwards(what: str, options: dict, n_train: int, n_test: int, n_classes: int = 10) -> float:
-    """Encoder forward passes (image-equivalents) one evaluation costs, from its options."""
+    """Encoder forward passes (image-equivalents) one evaluation costs, from its options (the registered
+    evaluation's cost model, :mod:`imae.evaluations`)."""
+    from .. import evaluations
     from ..metrics.features import DEFAULT_ALPHAS
 
+    ev = evaluations.get(what)
     cap = options.get("max_images")
-    ntr = min(n_train, (cap // n_classes) * n_classes) if cap else n_train
+    ntr = min(n_train, (cap // n_classes) * n_classes) if cap and not ev.trains else n_train  # fine-tuning: every image
     nte = min(n_test, (cap // n_classes) * n_classes) if cap else n_test
     alphas = len(options.get("alphas") or DEFAULT_ALPHAS)
-    pairs = options.get("n_pairs")
-    pf, pt = (pairs or ntr), (pairs or nte)
-    if what in ("knn", "linear-probe"):
-        return ntr + nte
-    if what == "separability":
-        return (pf + pt) * (alphas + 3)
-    if what == "semantics":
-        return (pf + pt) * alphas + ntr + nte
-    if what == "reconstruction":
-        return pt * alphas * 3
-    if what == "finetune":  # a training step is about three forwards
-        return options.get("epochs", 10) * (3 * ntr + nte)
-    return ntr + nte
+    return float(ev.forwards(options, ntr, nte, alphas)) if ev.forwards else float(ntr + nte)
 
 
 def eval_fits(what: str, options: dict) -> int:
     """Linear-classifier fits (:func:`imae.metrics.probes.linear_classifier`) one evaluation makes: one per pool
     for the linear probe; for the degree of semantics the clean probe's plus one per pool x {sub, dom} x alpha."""
+    from .. import evaluations
     from ..metrics.features import DEFAULT_ALPHAS, POOLS
 
+    ev = evaluations.get(what)
     pools = len(options.get("pools") or POOLS)
-    if what == "linear-probe":
-        return pools
-    if what == "semantics":
-        return pools * (1 + 2 * len(options.get("alphas") or DEFAULT_ALPHAS))
-    return 0
+    return int(ev.fits(options, pools, len(options.get("alphas") or DEFAULT_ALPHAS))) if ev.fits else 0
 
 
 def eval_seconds(what: str, options: dict, measured: Measured, n_train: int, n_test: int,

@@ -115,23 +115,42 @@ class CampaignResults:
         the MAE, the i-MAE and that seed's untrained encoder were trained and scored again), keeping only the
         models that have ``what`` at every seed, so that seeds pair one to one.
         """
+        from .. import evaluations as registry
+
         out: dict[str, list[dict]] = {}
         for model, label in LABELS.items():
             src = "mae-continued" if model == "mae-continued" else stage
             r = self._load(src, model, what)
             if r is not None:
                 out[label] = [r]
-        if not seeds:
+        # seed stages score against the seed-0 teacher (an independent reference, see independent()), so a
+        # metric with a reference keeps seed 0 only here: references are never mixed across seeds
+        if not seeds or registry.get(what).reference != "never":
             return out
         trained = self.seeds()
         for s in trained[1:]:
-            for model, label in (("mae", "MAE"), ("imae", "i-MAE"), (f"untrained-{s}", "untrained")):
+            for model, label in (("mae", "MAE"), ("imae", "i-MAE"), ("mae-continued", "MAE continued"),
+                                 (f"untrained-{s}", "untrained")):
                 if label in out:
                     r = self._load(f"seed{s}", model, what)
                     if r is None:
                         del out[label]
                     else:
                         out[label].append(r)
+        return {k: v for k, v in out.items() if len(v) == len(trained)}
+
+    def independent(self, what: str = "separability") -> dict[str, list[dict]]:
+        """{label: [result per training seed >= 1]}: the seed stages' models scored against the seed-0 teacher,
+        a reference none of them was trained against (LS's headline; empty until a seed stage ran). Models
+        present at every such seed only, so seeds pair one to one."""
+        trained = [s for s in self.seeds() if s > 0]
+        out: dict[str, list[dict]] = {}
+        for s in trained:
+            for model, label in (("mae", "MAE"), ("imae", "i-MAE"), ("mae-continued", "MAE continued"),
+                                 (f"untrained-{s}", "untrained")):
+                r = self._load(f"seed{s}", model, what)
+                if r is not None:
+                    out.setdefault(label, []).append(r)
         return {k: v for k, v in out.items() if len(v) == len(trained)}
 
     def compare(self, what: str, metric, *, stage: str = "eval") -> tuple[dict, dict, int]:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import evaluations
 from ..errors import ImaeError
 from ..pretrained import MAX_MODEL_BYTES, materialize_run, repo_root, save_weights, verify
 from .manifest import CampaignError
@@ -176,7 +177,7 @@ class StepsMixin:
                 self.log(f"  {key}: needs ~{est:.0f} s, {left:.0f} s left: stopping the stage here")
                 return False
             model_dir = self.resolve(model_ref)
-            reference = self.resolve(stage.reference) if what in ("separability", "reconstruction") else None
+            reference = self.resolve(stage.reference) if evaluations.get(what).reference != "never" else None
             opts = eval_options(self.preset, what, self.cfg.eval_extra)
             if self.data_root is not None:
                 opts.setdefault("data_root", str(self.data_root))
@@ -236,24 +237,12 @@ def throughput_args(preset: str, device_type: str, out_json, extra=()) -> list[s
 
 
 def _summary(what: str, result: dict) -> dict:
-    """The headline numbers of an evaluation, for the log and the manifest."""
+    """The headline numbers of an evaluation, for the log and the manifest (its registered ``summary``)."""
+    from .. import evaluations
+
+    ev = evaluations.EVALUATIONS.get(what)
     try:
-        if what in ("knn", "linear-probe"):
-            return {p: round(100 * a, 2) for p, a in result["accuracy"].items()}
-        if what == "finetune":
-            return {"accuracy": round(100 * result["accuracy"], 2)}
-        if what == "separability":
-            alphas = result["alphas"]
-            k = stats.headline_index(alphas)
-            return {f"ls_sub_{p}@{alphas[k]}": round(v["sub"]["r2"][k], 4) for p, v in result["ridge"].items()}
-        if what == "semantics":
-            alphas = result["alphas"]
-            k = stats.headline_index(alphas)
-            return {f"ds_sub_{p}@{alphas[k]}": round(v["sub"][k], 4) for p, v in result["accuracy"].items()}
-        if what == "reconstruction":
-            key = "imae" if result.get("imae") else "mae"
-            return {f"psnr_masked_sub@{result['alphas'][0]}": round(result[key]["sub"]["psnr_masked"][0], 2)}
+        return ev.summary(result) if ev is not None and ev.summary else {}
     except (KeyError, IndexError, TypeError):
-        pass
-    return {}
+        return {}
 

@@ -1,6 +1,6 @@
 """One entry point for every evaluation: ``evaluate(checkpoint, what, out=..., **options) -> dict``.
 
-``what`` is one of :data:`WHATS`. The model comes from a run directory or checkpoint, the images from its
+``what`` is a registered evaluation (:mod:`imae.evaluations`; :func:`whats` lists them). The model comes from a run directory or checkpoint, the images from its
 config's dataset and data root (overridable). With ``out``, the result is written to ``out/<what>.json``
 (numbers + metadata: checkpoint, fingerprint, dataset, alphas, seed, device, wall time, code version;
 example images of the reconstruction go to ``out/reconstruction_examples.npz``, the per-item arrays of
@@ -36,38 +36,34 @@ from .. import __version__
 from ..errors import ConfigError, RunDirError
 from ..runs import atomic_write_npz, atomic_write_text
 from .features import PAIRINGS, check_alphas, load_eval_data
-from .finetune import finetune
+from .. import evaluations as registry
 from .loading import LoadedModel, load_model, load_reference, resolve_device
-from .probes import knn, linear_probe
 from .sourcehash import code_version
-from .reconstruction import reconstruction_quality
-from .semantics import degree_of_semantics
-from .separability import linear_separability
 
-WHATS = ("separability", "semantics", "linear-probe", "knn", "finetune", "reconstruction")
-_FUNCTIONS = {"separability": linear_separability, "semantics": degree_of_semantics, "linear-probe": linear_probe,
-              "knn": knn, "finetune": finetune, "reconstruction": reconstruction_quality}
+
+def whats() -> tuple[str, ...]:
+    """The registered evaluations (:mod:`imae.evaluations`), read at call time."""
+    return registry.names()
+
+
+WHATS = whats()  # the built-in ones, for imports that want a constant; the registry is what decides
 _DATA_OPTIONS = ("dataset", "data_root", "max_images")
 _INTERNAL = {"model", "reference", "data", "device", "encoder", "baseline", "features"}
 
 
 def options_for(what: str) -> list[str]:
     """The keyword options ``evaluate(..., what=what)`` accepts (besides out, reference, device)."""
-    sig = inspect.signature(_FUNCTIONS[check_what(what)])
+    sig = inspect.signature(registry.get(what).load())
     own = [n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL]
     return sorted({*own, *_DATA_OPTIONS, "model_config", "seed"})  # seed: recorded even where nothing is random
 
 
 def check_what(what: str) -> str:
-    if what not in WHATS:
-        close = difflib.get_close_matches(str(what), WHATS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown evaluation what={what!r}; choose one of {list(WHATS)}.{hint}")
-    return what
+    return registry.get(what).name
 
 
 def _defaults(what: str) -> dict:
-    sig = inspect.signature(_FUNCTIONS[what])
+    sig = inspect.signature(registry.get(what).load())
     return {n: p.default for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL}
 
 
@@ -95,7 +91,7 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
         the metric's dict plus ``what`` and ``metadata``; ``items`` holds per-item numpy arrays (written to
         ``<what>_items.npz``, not to the JSON).
     """
-    what = check_what(what)
+    ev = registry.get(what)
     allowed = options_for(what)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -112,22 +108,22 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
     model = load_model(checkpoint, model_config=options.get("model_config"), device=dev)
     # max_images sizes the frozen-feature evaluations; a fine-tune trains on the whole train split and is
     # scored on the same capped test images as the probe it is compared with.
-    data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS}, cap_train=what != "finetune")
+    data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS}, cap_train=not ev.trains)
     kwargs = {**_defaults(what), **{k: v for k, v in options.items() if k not in (*_DATA_OPTIONS, "model_config")}}
     seed = kwargs.get("seed", 0)
     if "seed" not in _defaults(what):
         kwargs.pop("seed", None)
     ref = None
-    if what == "separability" or (what == "reconstruction" and model.kind == "imae"):
+    if ev.uses_reference(model.kind):
         ref = load_reference(model, reference, device=dev, expect_fingerprint=reference_fingerprint)
-    fn = _FUNCTIONS[what]
-    if what in ("separability", "reconstruction"):
+    fn = ev.load()
+    if ev.input == "model+reference":
         result = fn(model, ref, data, device=dev, **kwargs)
-    elif what == "semantics":
+    elif ev.input == "model":
         result = fn(model, data, device=dev, **kwargs)
-    else:  # clean-image evaluations of the encoder
+    else:  # an evaluation of the encoder on clean images
         result = fn(model.mae, data, device=dev, **kwargs)
-        if what != "finetune":
+        if not ev.trains:  # {pool: classifier result} -> one result with per-item arrays
             items = {f"{p}/correct": np.asarray(r.pop("correct"), dtype=bool) for p, r in result.items()}
             items["test_index"] = np.arange(len(data.test), dtype=np.int64)
             result = {"pools": list(result), "accuracy": {p: r["accuracy"] for p, r in result.items()},
