@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's failures (disk full, read-only, no permission): one line, not a traceback
         if os_reason(e) is None:
             raise
-        print(f"error: {storage_error(e, doing=f'{args.command}: writing')}", file=sys.stderr)
+        print(f"error: {storage_error(e, doing=f'{args.command}: accessing')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -48,7 +48,7 @@ from typing import Optional
 import torch
 
 from .cards import WEIGHTS_LICENSE, Source
-from .errors import ImaeError
+from .errors import ImaeError, os_reason, storage_error
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 FORMATS = ("timm",)
@@ -235,9 +235,16 @@ def export_timm(run: str | os.PathLike, out: str | os.PathLike, *, model_config=
 
 
 def export(run, out, *, to: str = "timm", **kwargs) -> dict:
+    """:func:`export_timm` (the one format); a failure of the machine (read-only or full disk, no permission)
+    is one :class:`~imae.errors.StorageError` line naming the file."""
     if to not in FORMATS:
         raise ImaeError(f"cannot export to {to!r}; choose one of {list(FORMATS)}")
-    return export_timm(run, out, **kwargs)
+    try:
+        return export_timm(run, out, **kwargs)
+    except OSError as e:
+        if os_reason(e) is None:
+            raise
+        raise storage_error(e, doing="exporting", path=getattr(e, "filename", None) or out) from e
 
 
 # ------------------------------------------------------------------------------------- timm -> imae
