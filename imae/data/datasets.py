@@ -328,5 +328,7 @@ def open_image(path) -> "Image.Image":
             img = Image.open(f)
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataFileError(f"{path} is not a readable image ({type(e).__name__}: {e}). Fix: replace it with an "
-                            f"intact copy from the dataset's download, or delete it") from e
+        why = ("empty, or a format PIL does not know" if isinstance(e, UnidentifiedImageError)
+               else f"{type(e).__name__}: {e}")
+        raise DataFileError(f"{path} is not a readable image ({why}). Fix: replace it with an intact copy from "
+                            f"the dataset's download, or delete it") from e
