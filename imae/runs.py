@@ -243,6 +243,7 @@ class FolderLock:
     def __init__(self, path: str | os.PathLike, *, doing: str, target: str | os.PathLike):
         self.path, self.doing, self.target = Path(path), doing, str(target)
         self.fd: int | None = None
+        self.flocked = False
 
     @classmethod
     def for_run(cls, run_dir: str | os.PathLike) -> "FolderLock":
@@ -263,11 +264,15 @@ class FolderLock:
                     raise
                 raise storage_error(e, doing=f"locking {self.target} (creating", path=f"{self.path})") from None
             try:
+                self.flocked = False
                 if fcntl is not None:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:  # held by a live process (here, or on another host that shares the disk)
-                        raise self._busy(_read_holder(fd)) from None
+                        self.flocked = True
+                    except (BlockingIOError, PermissionError):  # held by a live process (here, or on another
+                        raise self._busy(_read_holder(fd)) from None  # host sharing the disk)
+                    except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP): the record alone decides
+                        pass
                 try:
                     current = os.stat(self.path)
                 except FileNotFoundError:
@@ -297,7 +302,7 @@ class FolderLock:
         hold) it is not holding the file any more. A holder on another host cannot be checked from here."""
         if holder.get("host") != socket.gethostname():
             return False
-        if fcntl is not None:
+        if self.flocked:
             return True  # we hold the flock, so the recorded process does not: it ended
         return not _pid_alive(holder.get("pid"))
 

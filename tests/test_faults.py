@@ -127,6 +127,22 @@ def test_the_lock_holds_against_the_same_process_too(tmp_path):
             FolderLock.for_run(tmp_path).acquire()
 
 
+def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch):
+    """Where the file system has no flock, the record alone decides: a live pid of this host holds the lock, a
+    dead one is stale."""
+    import imae.runs as runs
+
+    monkeypatch.setattr(runs, "fcntl", None)
+    with FolderLock.for_run(tmp_path):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on {HOST}"):
+            FolderLock.for_run(tmp_path).acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": HOST}))
+    with FolderLock.for_run(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
 _HOLD = """
 import sys, time
 from pathlib import Path
