@@ -17,14 +17,36 @@ TERM_LABELS = {
     "loss_distill_dom": "dominant distillation",
 }
 PALETTE = {"mae": "#4C72B0", "imae": "#DD8452", "sub": "#55A868", "dom": "#C44E52"}
+# The book's text column is COLUMN_PX wide (sphinx-book-theme at a 1280 px window): a figure drawn at most that
+# wide at DPI is shown at its natural size, so its MIN_PT text stays MIN_PT on the page (a wider one is shrunk).
+COLUMN_PX, DPI, MIN_PT = 671, 110, 9
+COLUMN_IN = COLUMN_PX / DPI
 
 
 def _plt():
     import matplotlib.pyplot as plt  # in a kernel: the inline backend, whose formatter turns figures into PNGs
 
-    plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-                         "axes.spines.right": False, "font.size": 10})
+    plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 10,
+                         "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": MIN_PT,
+                         "ytick.labelsize": MIN_PT, "legend.fontsize": MIN_PT})
     return plt
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the figure, under its panels (never over the data): the labels of every panel, once."""
+    handles, labels = [], []
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=MIN_PT, frameon=False)
+        rows = -(-len(labels) // 3)
+        fig.tight_layout(rect=(0, min(0.45, 0.075 * rows + 0.03), 1, 1))
 
 
 def _done(fig):
@@ -41,15 +63,16 @@ def loss_curves(runs: dict, *, smooth_steps: int | None = None):
         smooth_steps: window of the rolling mean; default about a tenth of the run.
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.6), squeeze=False)
-    for ax, (title, run) in zip(axes[0], runs.items()):
+    fig, axes = plt.subplots(len(runs), 1, figsize=(COLUMN_IN, 3.0 * len(runs)), squeeze=False)
+    for ax, (title, run) in zip(axes[:, 0], runs.items()):
         df = metrics_frame(run)
         window = smooth_steps or max(1, len(df) // 10)
         terms = [c for c in df.columns if c.startswith("loss_") and df[c].abs().sum() > 0]
         for col in terms:
             ax.plot(df["epoch"], df[col].rolling(window, min_periods=1).mean(), label=TERM_LABELS.get(col, col))
-        ax.set(title=title, xlabel="epoch", ylabel="loss (normalised-pixel MSE / feature MSE)", yscale="log")
-        ax.legend(fontsize=8)
+        ax.set(title=title, xlabel="epoch", ylabel="loss (MSE)", yscale="log")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs on the axis
+        ax.legend(fontsize=MIN_PT, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return _done(fig)
 
@@ -60,12 +83,11 @@ MODEL_COLORS = {"MAE": PALETTE["mae"], "i-MAE": PALETTE["imae"], "untrained": "#
 def line_curves(curves: dict, *, xlabel: str, ylabel: str, title: str = ""):
     """Plain lines: {label: (xs, ys)}."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 3.4))
     for label, (xs, ys) in curves.items():
         ax.plot(xs, ys, marker="o", ms=3.5, label=label, color=MODEL_COLORS.get(label))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, [ax])
     return _done(fig)
 
 
@@ -73,7 +95,8 @@ def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float 
     """A grid of RGB images: {row label: [images (H, W, 3) in [0, 1]]}."""
     plt = _plt()
     n_rows, n_cols = len(rows), max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows), squeeze=False)
+    scale = min(scale, (COLUMN_IN - 1.2) / n_cols)  # the row labels take about 1.2 inches
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols + 1.2, scale * n_rows + 0.5), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -83,9 +106,9 @@ def image_grid(rows: dict, *, col_titles: list[str] | None = None, scale: float 
             if c < len(images):
                 ax.imshow(np.clip(np.asarray(images[c]), 0, 1), interpolation="nearest")
             if c == 0:
-                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+                ax.set_ylabel(label, fontsize=MIN_PT, rotation=0, ha="right", va="center")
             if r == 0 and col_titles:
-                ax.set_title(col_titles[c], fontsize=8)
+                ax.set_title(col_titles[c], fontsize=MIN_PT, rotation=30, ha="left", va="bottom")
     fig.tight_layout()
     return _done(fig)
 
@@ -96,11 +119,15 @@ def ablation_panels(table: pd.DataFrame, *, index: str, lo: pd.DataFrame | None 
     ``lo``/``hi`` (same layout as ``table``) draw each value's 95 % interval as an error bar."""
     plt = _plt()
     cols = [c for c in table.columns if c != index]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 0.45 * len(table) + 1.2), sharey=True,
+    ncol = min(2, len(cols))
+    nrow = -(-len(cols) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(COLUMN_IN, nrow * (0.32 * len(table) + 1.1)), sharey=True,
                              squeeze=False)
+    for ax in axes.ravel()[len(cols):]:
+        ax.set_visible(False)
     names = list(table[index])
     colors = [PALETTE["imae"] if i == 0 else "#8c8c8c" for i in range(len(names))]
-    for ax, col in zip(axes[0], cols):
+    for ax, col in zip(axes.ravel(), cols):
         err = None
         if lo is not None and hi is not None:
             err = np.vstack([table[col] - lo[col], hi[col] - table[col]])
@@ -108,7 +135,7 @@ def ablation_panels(table: pd.DataFrame, *, index: str, lo: pd.DataFrame | None 
         ax.axvline(table[col].iloc[0], color=PALETTE["imae"], lw=1, ls=":")
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
-        ax.set_title(col, fontsize=9)
+        ax.set_title(col, fontsize=MIN_PT)
     fig.tight_layout()
     return _done(fig)
 
@@ -140,7 +167,7 @@ def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", c
     plt = _plt()
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        fig, ax = plt.subplots(figsize=(COLUMN_IN, 3.6))
     else:
         fig = ax.figure
     for model in dict.fromkeys(df["model"]):
@@ -153,9 +180,11 @@ def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", c
     if zero:  # a panel of differences: no difference is the line that matters
         ax.axhline(0.0, color="black", lw=0.8)
     ax.set(xlabel=xlabel or (r"subordinate weight $\alpha$" if x == "alpha" else x), ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
+    if x == "epoch":
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=MIN_PT)
     if own:
-        fig.tight_layout()
+        _legend_below(fig, [ax])
         return _done(fig)
     return ax
 
@@ -164,10 +193,10 @@ def band_panels(panels: dict, *, ylabel: str, x: str = "alpha", chance: float | 
                 zero: bool = False):
     """Side-by-side :func:`bands` panels: {title: tidy table}; ``zero`` draws the no-difference line."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.7), squeeze=False, sharey=sharey)
+    fig, axes = plt.subplots(1, len(panels), figsize=(COLUMN_IN, 3.4), squeeze=False, sharey=sharey)
     for ax, (title, df) in zip(axes[0], panels.items()):
-        bands(df, ylabel=ylabel, title=title, x=x, chance=chance, ax=ax, zero=zero)
-    fig.tight_layout()
+        bands(df, ylabel=ylabel if ax is axes[0][0] else "", title=title, x=x, chance=chance, ax=ax, zero=zero)
+    _legend_below(fig, axes)
     return _done(fig)
 
 
@@ -177,7 +206,7 @@ def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: st
     plt = _plt()
     groups = list(dict.fromkeys(df[group])) if group else [None]
     models = list(dict.fromkeys(df["model"]))
-    fig, ax = plt.subplots(figsize=(max(4.8, 1.1 * len(groups) * len(models) / 2 + 2.5), 3.7))
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 3.6))
     width = 0.8 / len(models)
     for k, model in enumerate(models):
         st = ARM_STYLES.get(model, {})
@@ -190,7 +219,7 @@ def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: st
                     label=model)
         for xx, v in zip(xs, d["mean"]):
             if np.isfinite(v):
-                ax.annotate(f"{v:.1f}", (xx, v), textcoords="offset points", xytext=(4, 0), fontsize=7, va="center")
+                ax.annotate(f"{v:.1f}", (xx, v), textcoords="offset points", xytext=(4, 0), fontsize=MIN_PT, va="center")
     if group:
         ax.set_xticks(np.arange(len(groups)), groups)
     else:
@@ -198,8 +227,7 @@ def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: st
     if chance is not None:
         ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
     ax.set(ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    _legend_below(fig, [ax])
     return _done(fig)
 
 
