@@ -47,13 +47,16 @@ book: $(BOOKSTAMP)
 	$(JB) build book --all -W -n --keep-going
 	@echo "open _build/html/index.html"
 
+# The CPU edition's trained runs ship in weights/ and are restored instead of trained; RETRAIN=1 trains them.
+RETRAIN ?=
+
 reproduce: $(STAMP)
-	$(PY) -m imae reproduce --preset "$(PRESET)"
+	IMAE_RETRAIN="$(RETRAIN)" $(PY) -m imae reproduce --preset "$(PRESET)"
 
 # A PRESET other than the one the book's chapter was rendered with writes to _build/figures/PRESET (never over a
 # committed chapter); pass `python -m imae reproduce ... --out book` to replace it on purpose.
 figure: $(STAMP)
-	$(PY) -m imae reproduce --preset "$(PRESET)" --only $(NB)
+	IMAE_RETRAIN="$(RETRAIN)" $(PY) -m imae reproduce --preset "$(PRESET)" --only $(NB)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -93,7 +93,8 @@ def run_dir_for(cfg: RunConfig, runs_dir=None) -> Path:
 
 def cached_run(preset: str, method: str, *, runs_dir=None, teacher=None, progress: bool = True,
                **overrides) -> Path:
-    """Train a run, or reuse the one this configuration already trained (or resume it); returns its directory.
+    """Train a run, or reuse the one this configuration already trained (or resume it), or restore the copy the
+    repository ships (:mod:`imae.shipped`; ``IMAE_RETRAIN=1`` trains instead); returns its directory.
 
     Args:
         preset: config preset.
@@ -102,10 +103,15 @@ def cached_run(preset: str, method: str, *, runs_dir=None, teacher=None, progres
         teacher: i-MAE's MAE teacher (run directory).
         **overrides: config overrides, as :func:`imae.config.build_config`.
     """
+    from . import shipped
     from .train import pretrain
 
     cfg = config_for(preset, method, teacher=teacher, **overrides)
-    return pretrain(cfg, run_dir_for(cfg, runs_dir), progress=progress)
+    run_dir = run_dir_for(cfg, runs_dir)
+    card = None if shipped.retrain() else shipped.card_for(run_dir.name)
+    if card is not None and not (run_dir / "checkpoint.pt").is_file():
+        shipped.restore(card, run_dir, cfg)  # the repository ships this run: restored, not trained
+    return pretrain(cfg, run_dir, progress=progress)
 
 
 def _options_key(options: dict) -> str:
