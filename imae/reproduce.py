@@ -171,9 +171,47 @@ def run_notebook(name: str, parameters: dict, *, root: Path, out_dir: Path, log=
         raise ImaeError(f"{name}.ipynb stopped in cell {e.cell_index + 1}: {e.ename}: {_first_line(e.evalue)} "
                         f"(the traceback is in {tmp}; the stored {out} is unchanged)") from None
     scrub_notebook(tmp, root=root)  # no absolute paths of this machine in the stored notebook
+    stamp_notebook(tmp, name=name, preset=parameters.get("preset"), seconds=time.time() - t0, root=root)
     os.replace(tmp, out)  # only a fully executed notebook replaces the stored one
     log(f"[reproduce] {name}: done in {time.time() - t0:.0f} s -> {out}")
     return out
+
+
+STAMP_TAG = "execution-stamp"
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit (short), marked when files differ from it; "unknown" without git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def stamp_notebook(path: str | os.PathLike, *, name: str, preset: str | None, seconds: float,
+                   root: Path) -> None:
+    """Put the execution stamp under the chapter's title: when, at which preset, how long, from which commit,
+    and the command that reruns it (replacing an earlier stamp)."""
+    import nbformat
+    from datetime import datetime, timezone
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if STAMP_TAG not in c.get("metadata", {}).get("tags", [])]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rerun = f"make figure NB={name}" + (f" PRESET={preset}" if preset else "")
+    text = (f"*Executed {when} with papermill"
+            + (f", preset `{preset}`" if preset else "") + f", in {seconds / 60:.1f} min at commit {_commit(root)}; "
+            f"rerun: `{rerun}`.*")
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = [STAMP_TAG]
+    at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    nb.cells.insert(at, cell)
+    nbformat.write(nb, path)
 
 
 def _first_line(text: str) -> str:

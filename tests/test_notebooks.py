@@ -73,6 +73,7 @@ def test_chapter_html_has_its_figures_and_numbers(name, executed_book):
     assert all(n >= 2 for n in sliders)
     assert "{glue" not in html and "glue:text" not in html
     assert "Rerun this chapter" in html and f"make figure NB={name}" in html
+    assert "Executed " in html and "with papermill" in html and " at commit " in html  # the execution stamp
     record = json.loads((executed_book / "book" / "results" / f"{name}.json").read_text())
     assert record["notebook"] == name and record["runs"]
     if name != "pretrain":  # every chapter that compares models shows intervals
