@@ -178,7 +178,7 @@ def at_alpha(metric: Callable[[dict], Items], k: int) -> Callable[[dict], Items]
     def picked(r: dict) -> Items:
         it = metric(r)
         sst = None if it.sst is None else (it.sst if np.ndim(it.sst) == 1 else it.sst[k])
-        return Items(it.kind, np.asarray(it.values)[k], sst)
+        return Items(it.kind, np.asarray(it.values)[k], sst, it.ceiling)
     return picked
 
 

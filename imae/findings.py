@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import PRESETS
 from .verdict import Evidence, judge
 
-SCALES = ("tiny", "small", "cifar", "tinyimagenet", "imagenet")  # smallest to largest
+SCALES = tuple(PRESETS)  # smallest to largest
 PAPER_SCALE = "paper_scale"  # the chapter whose record holds the GPU campaign's evidence
 
 
@@ -167,3 +168,83 @@ def scale_line(results_dir: str | Path, scale: str = "cpu") -> str:
     return (f"CPU edition: `{rec.get('preset')}` preset, {mae.get('dataset', '?')} ({images} training images), "
             f"MAE {mae.get('epochs', '?')} + i-MAE {imae.get('epochs', '?')} epochs, {len(seeds)} training "
             f"seed{'s' if len(seeds) != 1 else ''}, {mae.get('hardware', '?')}")
+
+
+def paper_scale_claims(camp, pool: str = "mean") -> dict[str, Evidence]:
+    """Each claim's evidence from the GPU campaign's stored results (``camp``: a
+    :class:`imae.campaign.results.CampaignResults`), built as the CPU chapters build theirs; a claim whose
+    campaign stage has not run yet is ``pending`` with that stage named, beside what is already measured."""
+    from . import comparison as cmp
+    from . import stats
+
+    def pend(kind, stage, why, **kw):
+        return cmp.pending_evidence(kind, f"campaign stage {stage} ({why})", **kw)
+
+    acc = cmp.accuracy(pool)
+    claims: dict[str, Evidence] = {}
+    probe = camp.evaluations("linear-probe", seeds=True)
+    claims["probe"] = (cmp.evidence(probe, acc, "accuracy", what="clean-image linear-probe accuracy")
+                       if {"MAE", "i-MAE"} <= set(probe) else pend("accuracy", "eval", "the linear probes"))
+    # separability: the headline against an independent reference (seed-k models against the seed-0 teacher)
+    sep = camp.evaluations("separability")
+    alphas = sep["MAE"][0]["alphas"] if "MAE" in sep else [stats.HEADLINE_ALPHA]
+    k = stats.headline_index(alphas)
+    avg = stats.alpha_mean(stats.below_half(alphas))
+    head = cmp.at_alpha(cmp.ls("sub", pool), k)
+    self_ref, self_avg = {}, {}
+    if {"MAE", "i-MAE"} <= set(sep):
+        self_ref = {"self-reference R² (the i-MAE's own teacher, seed 0)": cmp.differences(sep, head)["i-MAE − MAE"],
+                    "self-reference over the clean ceiling (seed 0)":
+                        cmp.differences(sep, cmp.at_alpha(cmp.ls_ratio("sub", pool), k))["i-MAE − MAE"]}
+        self_avg = {"self-reference R² averaged over α < 0.5 (seed 0)":
+                    cmp.differences(sep, cmp.ls("sub", pool), reduce=avg)["i-MAE − MAE"]}
+    ind = camp.independent("separability")
+    if {"MAE", "i-MAE", "untrained"} <= set(ind):
+        seeds = f"seeds 1–{len(ind['MAE'])}" if len(ind["MAE"]) > 1 else "seed 1"
+        claims["ls"] = cmp.evidence(ind, head, "r2", details=self_ref,
+                                    what=f"the subordinate's R² against an independent reference (the seed-0 "
+                                         f"teacher, {seeds}), α = {alphas[k]}")
+        claims["ls_alpha"] = cmp.evidence(ind, cmp.ls("sub", pool), "r2", reduce=avg, details=self_avg,
+                                          what="the subordinate's R² against an independent reference, averaged "
+                                               "over α < 0.5")
+    else:
+        why = "an independent reference: seed-1 models scored against the seed-0 teacher"
+        claims["ls"] = pend("r2", "seed1", why, details=self_ref,
+                            what=f"the subordinate's R² against an independent reference, α = {alphas[k]}")
+        claims["ls_alpha"] = pend("r2", "seed1", why, details=self_avg)
+    # degree of semantics: every training seed that has every model
+    sem = camp.evaluations("semantics", seeds=True)
+    if {"MAE", "i-MAE", "untrained"} <= set(sem):
+        s_alphas = sem["MAE"][0]["alphas"]
+        claims["ds_alpha"] = cmp.evidence(sem, cmp.ds("sub", pool), "accuracy",
+                                          reduce=stats.alpha_mean(stats.below_half(s_alphas)),
+                                          what="the subordinate's class accuracy averaged over α < 0.5")
+    else:
+        claims["ds_alpha"] = pend("accuracy", "eval", "the untrained encoder's degree of semantics, its gate")
+    sem0 = camp.evaluations("semantics")
+    sp0 = camp.variant("imae-sp0", "semantics")
+    if sp0 is not None and {"MAE", "i-MAE", "untrained"} <= set(sem0):
+        s_alphas = sem0["MAE"][0]["alphas"]
+        ks = stats.headline_index(s_alphas)
+        ds_head = cmp.at_alpha(cmp.ds("sub", pool), ks)
+        claims["sampling"] = cmp.evidence(
+            {"same_prob = 1.0": sem0["i-MAE"], "same_prob = 0.0": [sp0]}, ds_head, "accuracy",
+            claimed="same_prob = 1.0", base="same_prob = 0.0", equal=None, control=None,
+            gates={"MAE − untrained": cmp.differences(sem0, ds_head)["MAE − untrained"]},
+            what=f"DS of the subordinate (α = {s_alphas[ks]}), same_prob 1 − 0")
+    else:
+        claims["sampling"] = pend("accuracy", "imae-sp0" if sp0 is None else "eval",
+                                  "i-MAE with random pairs" if sp0 is None else
+                                  "the untrained encoder's degree of semantics")
+    ft = camp.evaluations("finetune", stage="finetune")
+    probe0 = camp.evaluations("linear-probe")
+    if {"MAE", "i-MAE", "untrained"} <= set(ft) and "MAE" in probe0:
+        claims["finetune"] = cmp.evidence(
+            ft, acc, "accuracy", control=None, what="clean-image accuracy after fine-tuning",
+            gates={"fine-tuned MAE − same recipe from scratch":
+                       stats.difference([acc(r) for r in ft["MAE"]], [acc(r) for r in ft["untrained"]]),
+                   "fine-tuned MAE − its linear probe":
+                       stats.difference([acc(r) for r in ft["MAE"]], [acc(r) for r in probe0["MAE"]])})
+    else:
+        claims["finetune"] = pend("accuracy", "finetune", "fine-tuning and its from-scratch control")
+    return claims
