@@ -36,6 +36,7 @@ from ..data.augment import BatchAugment
 from ..data.datasets import dataset_info, first_per_class, load_arrays
 from ..data.pairs import ClassIndex, mix
 from ..errors import ConfigError
+from ..parameters import check_alphas  # noqa: F401  (one check, the command line's and the notebooks')
 
 POOLS = ("cls", "mean")
 PAIRINGS = ("different", "same", "random")
@@ -360,21 +361,6 @@ def mixture_features(encoder, split: Split, pairs: Pairs, alphas: Sequence[float
     if key is not None and out:
         FEATURES.put(key, out)
     return out
-
-
-def check_alphas(alphas: Sequence[float]) -> list[float]:
-    """Validated subordinate weights, each in (0, 0.5]."""
-    try:
-        values = [float(a) for a in alphas]
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"alphas={alphas!r} must be a list of numbers in (0, 0.5], e.g. 0.1 0.3 0.5") from e
-    if not values:
-        raise ConfigError("alphas is empty; pass at least one subordinate weight in (0, 0.5], e.g. 0.3")
-    for a in values:
-        if not 0.0 < a <= 0.5:
-            raise ConfigError(f"alpha={a} is outside (0, 0.5]: alpha is the SUBORDINATE image's weight, so the "
-                              f"other image gets 1 - alpha >= alpha. Fix: pass values like 0.1 0.3 0.5")
-    return values
 
 
 DEFAULT_ALPHAS = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05, 0.10, ..., 0.50
