@@ -102,7 +102,7 @@ def evaluation(args, params: dict) -> dict:
 
 def projection(params: dict, rates: dict, preset: str) -> dict:
     """Training seconds of ``make reproduce`` at ``rates`` ({mae, imae}: img/s), from the notebooks' parameters."""
-    from imae.experiments import ABLATIONS
+    from imae.design import ABLATIONS
 
     mae_cfg, imae_cfg = build_config(preset, "mae"), build_config(preset, "imae", **{"imae.teacher": "random-init"})
     images = 50_000 if mae_cfg.data.subset_per_class is None else 10 * mae_cfg.data.subset_per_class

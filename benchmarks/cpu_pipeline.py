@@ -1,6 +1,6 @@
 """Wall time and peak memory of the whole tiny-preset pipeline on the CPU: MAE, then i-MAE, then evaluations.
 
-    python benchmarks/cpu_pipeline.py --dataset cifar10-mini --data-root ../shared/data --json cpu_pipeline.json
+    python benchmarks/cpu_pipeline.py --dataset cifar10-mini --data-root DATA_ROOT --json cpu_pipeline.json
 
 Each stage trains from scratch into a fresh run directory (``--out-dir``, default a temporary folder) with the
 tiny preset (MAE 30 epochs, i-MAE 20 epochs with that MAE as teacher and initialisation). Evaluations run

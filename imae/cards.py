@@ -258,7 +258,7 @@ def _run_evaluations(run: Path, repo: Path) -> Optional[dict]:
     """The evaluations stored inside a run (``<run>/eval/<what>-*/<what>.json``), with intervals computed
     from their per-item arrays (one training seed: test-item resampling)."""
     from . import comparison as cmp
-    from .experiments import load_result
+    from .runs import load_result
 
     folder = (run.parent if run.is_file() else run) / "eval"
     rows = []

@@ -26,9 +26,25 @@ def _set_pairs(items: list[str]) -> dict:
     return out
 
 
+def _choices(names) -> str:
+    return " | ".join(names)
+
+
+def _dataset_help() -> str:
+    """The datasets the configuration accepts (:data:`imae.data.DATASETS`; its table needs numpy, which a bare
+    install's ``--help`` may lack)."""
+    try:
+        from .data.datasets import DATASETS
+    except ImportError:
+        return "a dataset of imae.data.DATASETS (default: the preset's)"
+    return _choices(DATASETS) + " (default: the preset's)"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="tiny | cifar | tinyimagenet | imagenet")
-    p.add_argument("--dataset", help="cifar10 | cifar10-mini | cifar100 | tinyimagenet | imagenet")
+    from .config import PRESETS
+
+    p.add_argument("--preset", default="tiny", help=_choices(PRESETS) + " (smallest first; default tiny)")
+    p.add_argument("--dataset", help=_dataset_help())
     p.add_argument("--data-root", help="folder holding the dataset folders (default $IMAE_DATA or ./data)")
     p.add_argument("--subset-per-class", type=int, help="first N images of every class (0: every image)")
     p.add_argument("--epochs", type=int)
@@ -130,11 +146,13 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import METHODS
+
     parser = argparse.ArgumentParser(prog="python -m imae", description="i-MAE reproduction toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train an MAE (the teacher/baseline) or an i-MAE")
-    p.add_argument("--method", required=True, choices=["mae", "imae"])
+    p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoint.pt)")
     p.add_argument("--teacher", help="i-MAE: trained MAE run directory or checkpoint")
     _add_config_args(p)

@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .design import TEACHER_RECIPE, section
 from .errors import ConfigError
 
 METHODS = ("mae", "imae")
@@ -71,6 +72,7 @@ class IMAEConfig:
     alpha_mode: str = "random"  # random: lambda ~ U(0,1) per batch | fixed | range
     alpha: float = 0.3  # subordinate weight for alpha_mode=fixed
     alpha_range: tuple[float, float] = (0.0, 0.5)  # for alpha_mode=range
+    # The loss terms' weights (every field named w_*; imae.models.LossWeights.from_config reads them).
     w_rec_sub: float = 1.0
     w_rec_dom: float = 1.0
     w_distill_sub: float = 1.0
@@ -178,6 +180,7 @@ def _vit(embed, depth, heads, dec, dec_depth, dec_heads, img, patch):
                 decoder_embed_dim=dec, decoder_depth=dec_depth, decoder_num_heads=dec_heads)
 
 
+# The presets, smallest first (this order is the scale order everywhere: imae.findings, the command line's help).
 PRESETS: dict[str, dict[str, Any]] = {
     # Runs the whole pipeline on 2 CPU cores in minutes (CIFAR-10, first 100 images per class).
     "tiny": dict(
@@ -187,11 +190,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_imae=dict(epochs=20),
     ),
     # The CPU edition: the tiny architecture on ALL 50,000 CIFAR-10 training images, where 2 cores train an
-    # MAE that beats its untrained encoder (SPEC, "CPU calibration"). The MAE teacher/baseline learns
-    # norm-pix targets, the i-MAE student plain pixels (SPEC, "Teacher recipe at CIFAR scale").
+    # MAE that beats its untrained encoder (SPEC, "CPU calibration"). The MAE teacher/baseline follows the
+    # teacher recipe (imae.design.TEACHER_RECIPE: norm-pix targets), the i-MAE student plain pixels.
     "small": dict(
         model=_vit(96, 4, 3, 64, 2, 2, img=32, patch=4),
-        model_mae=dict(norm_pix_loss=True),
+        model_mae=section(TEACHER_RECIPE, "model"),
         data=dict(dataset="cifar10"),
         train=dict(epochs=10, batch_size=128, blr=1.5e-3, warmup_epochs=1),
         # Eager: on 2 CPU cores torch.compile's gain was within the run-to-run noise (benchmarks/cpu_edition.py).
@@ -220,12 +223,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# The presets 2 CPU cores train within the book's budget; every other one needs a GPU.
+CPU_PRESETS = ("tiny", "small")
+GPU_PRESETS = tuple(p for p in PRESETS if p not in CPU_PRESETS)
 
 def build_config(preset: str = "tiny", method: str = "mae", **overrides: Any) -> RunConfig:
     """Preset + method + overrides -> a validated :class:`RunConfig`.
 
     Args:
-        preset: one of ``PRESETS`` (tiny, cifar, tinyimagenet, imagenet).
+        preset: one of :data:`PRESETS` (their names, smallest first: ``tuple(PRESETS)``).
         method: ``mae`` or ``imae``.
         **overrides: ``field=value`` (unique field name) or ``{"section.field": value}``; ``None`` values
             are ignored so notebook parameters can default to "preset's choice". To lift a preset's subset
@@ -363,7 +369,7 @@ def validate(cfg: RunConfig) -> None:
     need(0.0 <= alo < ahi <= 0.5, f"alpha_range={list(i.alpha_range)} must satisfy 0 <= lo < hi <= 0.5")
     need(i.teacher_input in ("clean", "mixed"), f"teacher_input={i.teacher_input!r}; choose clean or mixed")
     need(i.init in ("teacher", "random"), f"imae.init={i.init!r}; choose teacher or random")
-    for w in ("w_rec_sub", "w_rec_dom", "w_distill_sub", "w_distill_dom"):
+    for w in (f.name for f in dataclasses.fields(i) if f.name.startswith("w_")):  # every loss weight
         need(getattr(i, w) >= 0, f"imae.{w}={getattr(i, w)} must be >= 0")
     need(t.epochs >= 1, f"epochs={t.epochs} must be >= 1")
     need(t.batch_size >= 1, f"batch_size={t.batch_size} must be >= 1")

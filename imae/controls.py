@@ -1,4 +1,4 @@
-"""Controls every model comparison is shown beside (../SPEC "Controls and uncertainty").
+"""Controls every model comparison is shown beside (SPEC, "Controls and uncertainty").
 
 * :func:`untrained_run`: the encoder of the same architecture at its initialisation (same init seed as the
   trained run), stored as a finished run directory so every evaluation treats it like a trained model. A

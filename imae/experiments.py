@@ -26,7 +26,8 @@ from .config import RunConfig, build_config, fingerprint
 from .devices import describe_device
 from .errors import ImaeError
 from .metrics.features import use_feature_cache
-from .runs import read_run_config, runs_root
+from .design import ABLATIONS  # noqa: F401 (the notebooks' ex.ABLATIONS)
+from .runs import load_result, read_run_config, runs_root
 
 
 def standard_runs(preset: str, *, dataset=None, data_root=None, mae_epochs=None, imae_epochs=None,
@@ -145,46 +146,6 @@ def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
         with use_feature_cache(run_dir.resolve().parent / ".features"):
             metrics.evaluate(run_dir, what, out=folder, **options)
     return load_result(result_file)
-
-
-def load_result(result_file: str | os.PathLike) -> dict:
-    """One stored evaluation ``<folder>/<what>.json`` with its example images and per-item arrays attached
-    (``examples`` {alpha: {name: array}}, ``items`` {name: array}; float16 items read back as float32)."""
-    result_file = Path(result_file)
-    folder = result_file.parent
-    result = json.loads(result_file.read_text())
-    if result.get("examples_file"):
-        import numpy as np
-
-        with np.load(folder / result["examples_file"]) as z:
-            examples: dict = {}
-            for key in z.files:
-                alpha, name = key.split("/", 1)
-                arr = z[key]  # float16: the campaign's compact storage of example images
-                examples.setdefault(float(alpha[len("alpha"):]), {})[name] = (arr.astype(np.float32)
-                                                                              if arr.dtype == np.float16 else arr)
-        result["examples"] = examples
-    if result.get("items_file"):
-        import numpy as np
-
-        with np.load(folder / result["items_file"]) as z:
-            # float16 arrays are the campaign's compact storage (imae.campaign.collect.compact_items): the
-            # metrics see float32, as computed.
-            result["items"] = {name: (z[name].astype(np.float32) if z[name].dtype == np.float16 else z[name])
-                               for name in z.files}
-    return result
-
-
-# i-MAE variants of the ablation chapter: what changes relative to the standard run.
-ABLATIONS = {
-    "standard": {},
-    "mask ratio 0.5": {"train.mask_ratio": 0.5},
-    "mask ratio 0.9": {"train.mask_ratio": 0.9},
-    "fixed alpha = 0.3": {"imae.alpha_mode": "fixed", "imae.alpha": 0.3},
-    "no distillation": {"imae.w_distill_sub": 0.0, "imae.w_distill_dom": 0.0},
-    "teacher sees the mixture": {"imae.teacher_input": "mixed"},
-    "norm-pix targets": {"model.norm_pix_loss": True},
-}
 
 
 def train_variants(preset: str, teacher, variants: dict, *, dataset=None, data_root=None, epochs=None,

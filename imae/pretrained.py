@@ -29,18 +29,14 @@ from pathlib import Path
 import torch
 
 from .errors import ImaeError
+from .paths import repo_root
 
 WEIGHTS_FORMAT = "imae-weights-v1"
-MAX_MODEL_BYTES = 15_000_000  # per stored model (the issue's limit; all of them travel to the GPU machine)
 STORE_DTYPE = torch.float16
 
 
 class WeightsError(ImaeError):
     """Stored weights are missing, corrupt, too large, or do not fit their card."""
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
 
 
 def weights_root(root: str | os.PathLike | None = None) -> Path:
@@ -64,7 +60,7 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------- save
 def save_weights(model: torch.nn.Module | dict, config, folder: str | os.PathLike, name: str, *, fingerprint: str,
-                 extra: dict | None = None, max_bytes: int = MAX_MODEL_BYTES) -> dict:
+                 extra: dict | None = None, max_bytes: int | None = None) -> dict:
     """Write ``folder/<name>.safetensors`` (float16) and ``folder/<name>.json``; returns the card.
 
     Args:
@@ -75,7 +71,7 @@ def save_weights(model: torch.nn.Module | dict, config, folder: str | os.PathLik
         name: e.g. ``cifar-mae``.
         fingerprint: the run's fingerprint (what the engine and the metrics identify it by).
         extra: more card fields (training record, teacher, ...).
-        max_bytes: refuse (and delete) a weights file larger than this.
+        max_bytes: refuse (and delete) a weights file larger than this (None: no limit).
     """
     from safetensors.torch import save_file
 
@@ -95,10 +91,10 @@ def save_weights(model: torch.nn.Module | dict, config, folder: str | os.PathLik
     save_file(state, str(tmp), metadata={"format": WEIGHTS_FORMAT, "name": name, "fingerprint": fingerprint})
     os.replace(tmp, path)
     size = path.stat().st_size
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         path.unlink()
         raise WeightsError(f"{name}: {size / 1e6:.1f} MB of weights is over the {max_bytes / 1e6:.1f} MB limit "
-                           "per stored model (it would not travel to the GPU machine with the data)")
+                           "per stored model")
     kind = "imae" if config.method == "imae" else "mae"
     card = {"format": WEIGHTS_FORMAT, "name": name, "kind": kind, "file": path.name, "dtype": str(STORE_DTYPE)[6:],
             "sha256": sha256_file(path), "bytes": size, "n_params": int(sum(v.numel() for v in state.values())),
@@ -172,7 +168,7 @@ def state_dict_from(card_path: str | os.PathLike, dtype: torch.dtype = torch.flo
     return card, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def build_model(card: dict) -> torch.nn.Module:
+def model_from_card(card: dict) -> torch.nn.Module:
     """An untrained model of the card's architecture (MAE, or i-MAE around an MAE)."""
     from .config import RunConfig
     from .models import imae_from_config, mae_from_config
@@ -195,7 +191,7 @@ def load_pretrained(name: str, *, root: str | os.PathLike | None = None, device:
         imae) with the stored weights in float32, ``.eval()``; ``model.card`` holds the card.
     """
     card, state = state_dict_from(find_card(name, root))
-    model = build_model(card)
+    model = model_from_card(card)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
@@ -273,7 +269,7 @@ def materialize_run(card_path: str | os.PathLike, run_dir: str | os.PathLike, **
                 and old.get("config") == cfg.to_dict():
             return run_dir
     open_run_dir(run_dir, cfg, fp, derived=derived(cfg), overwrite=True)
-    model = build_model(card)
+    model = model_from_card(card)
     model.load_state_dict(state, strict=True)  # checks the fit before anything reads the folder
     epochs = (card.get("trained") or {}).get("epochs", cfg.train.epochs)
     save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "fingerprint": fp, "finished": True,
@@ -286,23 +282,6 @@ def materialize_run(card_path: str | os.PathLike, run_dir: str | os.PathLike, **
     return run_dir
 
 
-def check_weights_budget(folders, *, per_model: int = MAX_MODEL_BYTES, total: int) -> dict:
-    """Sizes of every ``*.safetensors`` under ``folders``; raises WeightsError when one model is over
-    ``per_model`` bytes or all together are over ``total``. Returns {path: bytes}."""
-    sizes = {}
-    for folder in folders:
-        for p in sorted(Path(folder).rglob("*.safetensors")):
-            sizes[str(p)] = p.stat().st_size
-    over = {p: s for p, s in sizes.items() if s > per_model}
-    if over:
-        raise WeightsError(f"stored weights over {per_model / 1e6:.0f} MB per model: "
-                           + ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in over.items()))
-    if sum(sizes.values()) > total:
-        raise WeightsError(f"stored weights total {sum(sizes.values()) / 1e6:.1f} MB, over the {total / 1e6:.0f} MB "
-                           f"budget (they travel to the GPU machine beside the 33 MB of data): {sorted(sizes)}")
-    return sizes
-
-
-__all__ = ["WEIGHTS_FORMAT", "MAX_MODEL_BYTES", "WeightsError", "save_weights", "load_pretrained", "find_card",
-           "read_card", "verify", "state_dict_from", "build_model", "materialize_run", "sha256_file",
-           "weights_root", "known_names", "check_weights_budget", "portable_card", "make_portable", "MACHINE_FIELDS"]
+__all__ = ["WEIGHTS_FORMAT", "WeightsError", "save_weights", "load_pretrained", "find_card",
+           "read_card", "verify", "state_dict_from", "model_from_card", "materialize_run", "sha256_file",
+           "weights_root", "known_names", "portable_card", "make_portable", "MACHINE_FIELDS"]

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from .config import GPU_PRESETS
 from .errors import ImaeError
+from .paths import repo_root
 
 NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations", "paper_scale",
              "findings")
@@ -38,17 +40,12 @@ CHAPTER_TITLES = {"pretrain": "Pretraining", "reconstruction": "Two-way reconstr
 
 # Notebooks that only read stored results (nothing trains): they run on any machine, at any preset.
 STORED_ONLY = ("paper_scale", "findings")
-GPU_PRESETS = ("cifar", "tinyimagenet", "imagenet")
 
 
 def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
 
 
 def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> dict:

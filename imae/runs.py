@@ -154,6 +154,34 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1, default=float))
 
 
+def load_result(result_file: str | os.PathLike) -> dict:
+    """One stored evaluation ``<folder>/<what>.json`` with its example images and per-item arrays attached
+    (``examples`` {alpha: {name: array}}, ``items`` {name: array}; float16 items read back as float32)."""
+    result_file = Path(result_file)
+    folder = result_file.parent
+    result = json.loads(result_file.read_text())
+    if result.get("examples_file"):
+        import numpy as np
+
+        with np.load(folder / result["examples_file"]) as z:
+            examples: dict = {}
+            for key in z.files:
+                alpha, name = key.split("/", 1)
+                arr = z[key]  # float16: the campaign's compact storage of example images
+                examples.setdefault(float(alpha[len("alpha"):]), {})[name] = (arr.astype(np.float32)
+                                                                              if arr.dtype == np.float16 else arr)
+        result["examples"] = examples
+    if result.get("items_file"):
+        import numpy as np
+
+        with np.load(folder / result["items_file"]) as z:
+            # float16 arrays are the campaign's compact storage (imae.campaign.collect.compact_items): the
+            # metrics see float32, as computed.
+            result["items"] = {name: (z[name].astype(np.float32) if z[name].dtype == np.float16 else z[name])
+                               for name in z.files}
+    return result
+
+
 def check_run_dir(out: str | os.PathLike, cfg: RunConfig, fingerprint: str, *, overwrite: bool = False) -> str:
     """What ``out`` holds for a run of ``cfg`` (nothing is written): ``"new"`` (no config.yaml yet), ``"same"``
     (this configuration's folder) or ``"replace"`` (another configuration's folder that ``overwrite`` may
@@ -439,10 +467,6 @@ def _metrics_record(raw: bytes, path: Path, number: int) -> dict:
         raise RunFileError(f"{path}, line {number}: holds {text.strip()[:60]!r}, not a record (a JSON object "
                            f"with step, loss, ...). {fix}")
     return rec
-
-
-def remove_run_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class StopSignals:

@@ -1,19 +1,30 @@
 """The package reads top to bottom: imports follow the data flow one way, and no two modules import each other
-(directly or round a longer loop), counting imports inside functions too."""
+(directly or round a longer loop), counting imports inside functions too. The campaign imports none of the
+notebooks' glue; no module of the library runs git to change the repository; and no tracked file names a path
+outside the repository, or how this repository's own GPU windows were obtained (that is no part of the library:
+tools/ holds what a size-limited remote machine needs, in general terms)."""
 
 from __future__ import annotations
 
 import ast
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "imae"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "imae"
 
 # What the notebooks and the command line use (the top of the package): nothing below may import these.
 TOP = {"imae.chapter", "imae.notebook", "imae.experiments", "imae.comparison", "imae.plots", "imae.plotdata",
-       "imae.findings", "imae.reproduce", "imae.cli", "imae.evaluate_cli"}
+       "imae.findings", "imae.summaries", "imae.reproduce", "imae.cli", "imae.evaluate_cli"}
 # The engine and the measurements underneath them.
 BELOW = ("imae.config", "imae.errors", "imae.runs", "imae.checkpoint", "imae.devices", "imae.parameters",
-         "imae.controls", "imae.train", "imae.data", "imae.models", "imae.metrics")
+         "imae.controls", "imae.train", "imae.data", "imae.models", "imae.metrics", "imae.design", "imae.paths")
+# The notebooks' and the book's glue: what turns results into chapters. The campaign trains, evaluates and stores;
+# it imports none of these (the book reads the campaign through imae.summaries, not the other way round).
+GLUE = {"imae.chapter", "imae.notebook", "imae.experiments", "imae.comparison", "imae.plots", "imae.plotdata",
+        "imae.findings", "imae.summaries", "imae.parameters", "imae.reproduce", "imae.cards"}
 
 
 def _modules() -> dict[str, Path]:
@@ -120,3 +131,156 @@ def test_nothing_below_the_notebook_layer_imports_it():
 def test_the_command_line_is_a_parent_and_its_evaluate_subcommand_a_child():
     edges = import_graph()
     assert "imae.evaluate_cli" in edges["imae.cli"] and "imae.cli" not in edges["imae.evaluate_cli"]
+
+
+def test_the_campaign_imports_no_notebook_glue():
+    edges = import_graph()
+    glue = {f"{m} -> {t}" for m, targets in edges.items() if m.startswith("imae.campaign") for t in targets
+            if t in GLUE}
+    assert not glue, (f"the campaign imports the notebooks' glue: {sorted(glue)}. Fix: move what it needs into a "
+                      f"lower module (the experiment design is imae/design.py, stored results load with imae.runs)")
+
+
+# ----------------------------------------------------------------------------------------- git and paths
+# Subcommands that only read the repository, and the modules allowed them: the execution stamp names the commit
+# a chapter was computed at. Nothing in the library changes git's index, work tree or refs.
+READ_ONLY_GIT = {("imae.reproduce", "rev-parse"), ("imae.reproduce", "status")}
+GIT_GLOBAL_OPTIONS_WITH_VALUE = ("-C", "-c", "--git-dir", "--work-tree")
+
+
+def _const(node):
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def git_commands(path: Path) -> list[str]:
+    """The git subcommands a module's code would run: every list or tuple literal that starts with "git"
+    (``["git", "-C", root, "status"]``; "?" where the subcommand is not a literal) and every string given to a
+    subprocess or os call that starts with "git "; plus "edits info/exclude" wherever that file is named."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.List, ast.Tuple)) and node.elts and _const(node.elts[0]) == "git":
+            rest, sub = node.elts[1:], "?"
+            i = 0
+            while i < len(rest):
+                v = _const(rest[i])
+                if v in GIT_GLOBAL_OPTIONS_WITH_VALUE:
+                    i += 2
+                elif isinstance(v, str) and v.startswith("-"):
+                    i += 1
+                else:
+                    sub = v if isinstance(v, str) else "?"
+                    break
+            found.append(sub)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
+                and node.func.attr in ("run", "call", "check_call", "check_output", "Popen", "system", "popen"):
+            v = _const(node.args[0])
+            if isinstance(v, str) and re.match(r"\s*git\s", v):
+                found.append(v.split()[1] if len(v.split()) > 1 else "?")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "info/exclude" in node.value:
+            found.append("edits info/exclude")
+    return found
+
+
+def test_the_git_finder_finds_commands(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text('import subprocess\n'
+                 'def a(repo, *args):\n'
+                 '    subprocess.run(["git", "-C", str(repo), *args])\n'
+                 '    subprocess.run(["git", "-C", str(repo), "rm", "--cached", "x"])\n'
+                 '    subprocess.run("git reset -q HEAD", shell=True)\n'
+                 '    p = repo / ".git" / "info/exclude"\n'
+                 '    print("Fix: git checkout -- the file")\n')
+    assert sorted(git_commands(f)) == ["?", "edits info/exclude", "reset", "rm"]  # not the message's checkout
+
+
+def test_no_module_of_the_library_changes_the_repository_with_git():
+    runs = {(m, sub) for m, path in _modules().items() for sub in git_commands(path)}
+    bad = sorted(runs - READ_ONLY_GIT)
+    assert not bad, (f"modules of imae run git: {bad}. The library trains, evaluates and stores; moving a checkout "
+                     f"around is tools/'s (tools/slim_checkout.py)")
+
+
+def tracked_text_files() -> list[Path]:
+    """The repository's tracked text files (every file under it without git)."""
+    if shutil.which("git") and (REPO / ".git").exists():
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        files = [REPO / f for f in out.decode().split("\0") if f]
+    else:
+        skip = {".git", ".venv", "_build", "runs", "data", "__pycache__"}
+        files = [p for p in REPO.rglob("*") if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    out = []
+    for p in files:
+        if not p.is_file() or p.suffix in (".png", ".safetensors", ".npz", ".gz", ".pt", ".woff", ".woff2"):
+            continue
+        try:
+            p.read_text()
+        except UnicodeDecodeError:
+            continue
+        out.append(p)
+    return out
+
+
+def _checked(p: Path) -> bool:
+    """Whether a tracked file is prose, code or configuration this check reads: not the tests (they may read
+    ../shared/data when present), not third-party static files, and not the campaign's records of where its
+    windows ran (manifest argv, window logs, evaluation metadata: machine-written, kept as they came)."""
+    rel = p.relative_to(REPO).as_posix()
+    return not (rel.startswith(("tests/", "book/_static/")) or re.match(r"campaign/[^/]+/(results|logs)/", rel)
+                or re.fullmatch(r"campaign/[^/]+/manifest\.json", rel))
+
+
+ABSOLUTE = re.compile(r"(?<![\w.~:/$-])/(?:work|tmp|home|opt|mnt|root|Users|scratch|srv|shared)/[\w-]|(?<![\w/])~/\w")
+PARENT = re.compile(r"(?<![\w./-])(?:\.\./)+[\w.][\w./-]*")
+
+
+def outside_paths(p: Path, text: str) -> list[str]:
+    """Paths in ``text`` that lie outside the repository: absolute ones of a machine (/work/..., /tmp/x, ~/x),
+    and ``../`` ones that leave the repository from its root and name nothing from the file's own folder."""
+    found = [m.group(0) for m in ABSOLUTE.finditer(text)]
+    for m in PARENT.finditer(text):
+        rel = m.group(0).rstrip(".")
+        from_root = (REPO / rel).resolve()
+        if REPO.resolve() in from_root.parents or from_root == REPO.resolve():
+            continue
+        if (p.parent / rel).resolve().exists() and REPO.resolve() in (p.parent / rel).resolve().parents:
+            continue  # a relative link inside the repository (book/x.md -> ../README.md)
+        found.append(rel)
+    return found
+
+
+def test_no_tracked_file_names_a_path_outside_the_repository():
+    bad = {}
+    for p in tracked_text_files():
+        if not _checked(p) or p.name == ".gitignore":  # .gitignore's /x patterns are repository paths
+            continue
+        text = "\n".join(line for line in p.read_text().splitlines() if not line.startswith("#!"))
+        found = outside_paths(p, text)
+        if found:
+            bad[p.relative_to(REPO).as_posix()] = sorted(set(found))[:5]
+    assert not bad, (f"tracked files name paths outside the repository: {bad}. Fix: name a repository path, an "
+                     f"option (--data-root) or an environment variable (IMAE_DATA) instead")
+
+
+def test_the_path_finder():
+    text = "--data-root ../shared/data and /work/x and /tmp/toy, ~/data"
+    assert outside_paths(REPO / "benchmarks" / "README.md", text) == ["/work/x", "/tmp/t", "~/d", "../shared/data"]
+    assert outside_paths(REPO / "book" / "intro.md", "see ../README.md, /tmp/... and img/s, a/tmp/b") == []
+
+
+# How this repository's own GPU windows were obtained: the words of that machinery, which no file may use.
+WINDOW_MACHINERY = (".gpu/", "$OUT", "data-pack", "--travel", "travel light", "files_at", "give_back",
+                    "device tool", "64 MiB", "8 files")
+
+
+def test_nothing_names_how_this_repositorys_gpu_windows_were_obtained():
+    bad = {}
+    for p in tracked_text_files():
+        if not _checked(p):
+            continue
+        text = p.read_text()
+        hits = [w for w in WINDOW_MACHINERY if w in text]
+        if hits:
+            bad[p.relative_to(REPO).as_posix()] = hits
+    assert not bad, (f"tracked files name the machinery of this repository's own GPU windows: {bad}. Fix: describe "
+                     f"a window as any researcher runs one (campaign/README.md), or a size-limited machine in "
+                     f"general terms (tools/README.md)")

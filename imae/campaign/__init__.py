@@ -1,17 +1,22 @@
-"""The GPU campaign: paper-scale training in short GPU windows, budgeted, staged and resumable.
+"""The campaign: paper-scale training in time-limited windows (a GPU job under a scheduler's wall-clock
+limit, a preemptible instance), budgeted, staged and resumable.
 
-``python -m imae campaign --preset cifar --budget-s 500 --out DIR`` runs one window (:mod:`.runner`);
-``python -m imae campaign --collect DIR`` brings its returned files into the repository
-(:func:`imae.campaign.collect.collect`).
-See campaign/README.md for the exact commands of a GPU window.
+``python -m imae campaign --preset cifar --budget-s 3300 --out DIR`` runs one window
+(:func:`~imae.campaign.runner.run_campaign`); ``python -m imae campaign --collect DIR`` brings its output into
+the repository (:func:`imae.campaign.collect.collect`). See campaign/README.md.
+
+A window's state is one :class:`~imae.campaign.state.Window`, passed to plain functions: preflight
+(:mod:`.preflight`), smoke steps and measurements (:mod:`.measure`), planning (:mod:`.planner`), running and
+packing a stage (:mod:`.steps`, :mod:`.packing`); the stages themselves are :mod:`.stages`, what is done is
+:mod:`.manifest`, the deadline :mod:`.watchdog`, and the stored results :mod:`.results`.
 
 Nothing heavy is imported here (the CLI's parser must work without torch); names resolve on first use.
 """
 
 _LAZY = {
-    "CampaignConfig": "runner", "Campaign": "runner", "run_campaign": "runner",
+    "CampaignConfig": "state", "Window": "state", "run_campaign": "runner",
     "Manifest": "manifest", "CampaignError": "manifest", "MANIFEST_FORMAT": "manifest",
-    "Packer": "packing", "PackingError": "packing", "MAX_FILES": "packing", "MAX_BYTES": "packing",
+    "Packer": "packing", "PackingError": "packing",
     "Clock": "watchdog", "Watchdog": "watchdog", "DeadlineReached": "watchdog",
     "default_stages": "stages",
 }

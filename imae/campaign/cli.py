@@ -1,4 +1,4 @@
-"""``python -m imae campaign``: one GPU window of the campaign, or ``--collect`` / ``--list`` of its results.
+"""``python -m imae campaign``: one window of the campaign, or ``--collect`` / ``--list`` of its results.
 
 Kept apart from :mod:`imae.cli`, which only calls :func:`add_campaign_parser`; nothing but the standard
 library is imported until the command runs.
@@ -42,19 +42,29 @@ def _eval_options(items) -> dict:
 
 def add_campaign_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "campaign", help="one budgeted GPU window of the paper-scale campaign (or --collect its results)",
-        description="Run the campaign's next stages within --budget-s seconds and pack the results into --out "
-                    "(at most 8 files of 16 MiB); see campaign/README.md.")
+        "campaign", help="one budgeted window of the paper-scale campaign (or --collect its results)",
+        description="Run the campaign's next stages within --budget-s seconds and write their results into --out "
+                    "(the manifest, the log and one archive per stage); see campaign/README.md.")
+    add_window_arguments(p)
+    p.add_argument("--collect", metavar="FOLDER", help="import a window's output folder into the repository")
+    p.add_argument("--dest", help="with --collect: the preset's campaign folder (default campaign/PRESET)")
+    p.add_argument("--list", action="store_true", help="print the stages and their status, then exit")
+    p.set_defaults(func=cmd_campaign)
+    return p
+
+
+def add_window_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of one window (shared by every command that runs one)."""
     p.add_argument("--preset", default="cifar", help="config preset (default cifar)")
     p.add_argument("--budget-s", type=float, default=500.0,
-                   help="wall seconds for the whole command, counted from the process start (default 500)")
-    p.add_argument("--out", help="folder for what must come back (on the GPU machine: $OUT)")
+                   help="wall seconds for the whole command, counted from the process start (default 500); under "
+                        "a scheduler's time limit, a few minutes less than the job's limit")
+    p.add_argument("--out", help="folder the window writes its results into (the manifest, the log, one archive "
+                                 "per stage); --collect reads it")
     p.add_argument("--work", help="scratch folder for runs (default runs/campaign-PRESET)")
     p.add_argument("--manifest", help="campaign manifest (default campaign/PRESET/manifest.json)")
     p.add_argument("--weights-dir", help="stored weights of finished stages (default: beside the manifest)")
-    p.add_argument("--data-pack",
-                   help="folder with the CIFAR-10 packs and cifar_unpack.py, unpacked into the data root")
-    p.add_argument("--data-root", help="dataset root (default WORK/data with --data-pack, else the config's)")
+    p.add_argument("--data-root", help="dataset root (default: the config's, $IMAE_DATA or ./data)")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages (default: all, in order)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
@@ -74,19 +84,9 @@ def add_campaign_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--smoke-epochs", type=int, default=3)
     p.add_argument("--throughput-args", default="", help="extra arguments for benchmarks/throughput.py")
     p.add_argument("--throughput-estimate-s", type=float, help="time to reserve for the throughput stage")
-    p.add_argument("--collect", metavar="FOLDER", help="import a window's returned files into the repository")
-    p.add_argument("--dest", help="with --collect: the preset's campaign folder (default campaign/PRESET)")
-    p.add_argument("--list", action="store_true", help="print the stages and their status, then exit")
-    p.add_argument("--travel", choices=["light", "restore", "show"],
-                   help="before a GPU call: leave behind what the window (--stages, default every pending stage) "
-                        "does not read (light), undo it (restore; --collect does it too), or show the sizes")
-    p.set_defaults(func=cmd_campaign)
-    return p
 
 
 def cmd_campaign(args) -> int:
-    from ..errors import ConfigError
-
     if args.collect:
         from .collect import collect
 
@@ -95,30 +95,24 @@ def cmd_campaign(args) -> int:
         return 0 if not result["missing"] else 1
     if args.list:
         return _list(args)
-    if args.travel:
-        from ..pretrained import repo_root
-        from . import travel
+    return run_window(config_from_args(args))
 
-        repo = repo_root()
-        if args.travel == "restore":
-            if not travel.restore(repo):
-                print("the checkout is whole already (nothing to restore)")
-            return 0
-        fn = travel.light if args.travel == "light" else travel.show
-        result = fn(repo, args.preset, args.stages, args.manifest)
-        return 0 if result.get("ok", result.get("projected", {}).get("ok", True)) else 1
-    if not args.out:
-        raise ConfigError("--out is required (the folder whose files come back from the GPU machine: $OUT)")
+
+def config_from_args(args):
+    """The :class:`~imae.campaign.state.CampaignConfig` of the window the arguments describe."""
     import time
     from pathlib import Path
 
-    from .runner import CampaignConfig, run_campaign
+    from ..errors import ConfigError
+    from .state import CampaignConfig
     from .watchdog import process_age_s
 
-    cfg = CampaignConfig(
+    if not args.out:
+        raise ConfigError("--out is required (the folder the window writes its results into)")
+    return CampaignConfig(
         out=Path(args.out), preset=args.preset, budget_s=args.budget_s, work=args.work and Path(args.work),
         manifest=args.manifest and Path(args.manifest), weights_dir=args.weights_dir and Path(args.weights_dir),
-        data_pack=args.data_pack and Path(args.data_pack), data_root=args.data_root and Path(args.data_root),
+        data_root=args.data_root and Path(args.data_root),
         stages=args.stages, device=args.device, compile=args.compile, overrides=_pairs(args.set, "--set"),
         epochs=_pairs(args.epochs, "--epochs", int), max_epochs=_pairs(args.max_epochs, "--max-epochs", int),
         min_epochs=args.min_epochs, eval_extra=_eval_options(args.eval_option), reserve_s=args.reserve_s,
@@ -126,10 +120,15 @@ def cmd_campaign(args) -> int:
         smoke_epochs=args.smoke_epochs,
         throughput_args=shlex.split(args.throughput_args), throughput_estimate_s=args.throughput_estimate_s,
         started=time.monotonic() - process_age_s(), argv=sys.argv[1:])
-    from ..pretrained import repo_root
-    from .manifest import manifest_lock
 
-    manifest = Path(args.manifest) if args.manifest else repo_root() / "campaign" / args.preset / "manifest.json"
+
+def run_window(cfg) -> int:
+    """Run one window under its manifest's lock, print where its results are; the exit status."""
+    from ..paths import repo_root
+    from .manifest import manifest_lock
+    from .runner import run_campaign
+
+    manifest = cfg.manifest or repo_root() / "campaign" / cfg.preset / "manifest.json"
     created = not manifest.parent.exists()
     manifest.parent.mkdir(parents=True, exist_ok=True)  # the lock lies beside the manifest
     try:
@@ -150,7 +149,7 @@ def _collect_lock(args):
     import json
     from pathlib import Path
 
-    from ..pretrained import repo_root
+    from ..paths import repo_root
     from .manifest import manifest_lock
 
     dest = Path(args.dest) if args.dest else None
@@ -170,7 +169,7 @@ def _collect_lock(args):
 def _list(args) -> int:
     from pathlib import Path
 
-    from ..pretrained import repo_root
+    from ..paths import repo_root
     from .manifest import Manifest
     from .stages import default_stages
 

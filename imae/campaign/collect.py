@@ -1,7 +1,7 @@
-"""Bring a GPU window's returned files into the repository: ``python -m imae campaign --collect FOLDER``.
+"""Bring a window's output into the repository: ``python -m imae campaign --collect FOLDER``.
 
-``FOLDER`` holds what came back from the GPU machine's ``$OUT`` (``manifest.json``, ``campaign.log``, the
-stage archives). For every stage the returned manifest records an archive of, the archive's sha256 is
+``FOLDER`` is the window's ``--out`` folder, or a copy of it (``manifest.json``, ``campaign.log``, the stage
+archives). For every stage the returned manifest records an archive of, the archive's sha256 is
 checked against the manifest, it is unpacked safely, and its files land in ``campaign/<preset>/``:
 
 * ``weights/<name>.safetensors`` + ``.json`` of the committed models (the teacher and the standard i-MAE),
@@ -10,7 +10,7 @@ checked against the manifest, it is unpacked safely, and its files land in ``cam
 * ``logs/window-<id>.log`` the window's log.
 
 Finally the returned manifest is merged into the repository's (:func:`~imae.campaign.manifest.merge`). A
-stage whose archive did not come back is left as the repository had it.
+stage whose archive is missing is left as the repository had it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..pretrained import repo_root, sha256_file, verify
+from ..paths import repo_root
+from ..pretrained import sha256_file, verify
 from ..runs import atomic_write_npz, atomic_write_text
 from .manifest import CampaignError, Manifest, check, merge
 from .packing import LOG_NAME, MANIFEST_NAME, safe_extract
-from .travel import DATA_PACK_BYTES, TRAVEL_LIMIT, checkout_bytes, restore, travel_report  # noqa: F401 (re-exported)
 
 
 def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, log=print) -> dict:
@@ -36,15 +36,13 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
     src = Path(src)
     mpath = src / MANIFEST_NAME
     if not mpath.is_file():
-        raise CampaignError(f"{src} holds no {MANIFEST_NAME}: pass the folder the GPU call's files came back to")
+        raise CampaignError(f"{src} holds no {MANIFEST_NAME}: pass the window's output folder (its --out)")
     try:
         returned = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise CampaignError(f"{mpath} is not valid JSON ({e})") from e
     preset = returned.get("preset")
     check(returned, mpath, preset)
-    if dest is None:
-        restore(repo_root(), log=log)  # a light checkout would hide what lands here from git (campaign/README.md)
     dest = Path(dest) if dest else repo_root() / "campaign" / preset
     local = Manifest.load(dest / MANIFEST_NAME, preset)
     # The archives of this window (the last one of the returned manifest) and their checksums.
@@ -55,7 +53,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
         path = src / file
         if not path.is_file():
             missing.extend(info.get("stages", []))
-            log(f"warning: {file} did not come back; stages {info.get('stages')} stay as the repository has them")
+            log(f"warning: {file} is missing; stages {info.get('stages')} stay as the repository has them")
             continue
         digest = sha256_file(path)
         if digest != info["sha256"]:
@@ -70,7 +68,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
                 _place(stage_dir, dest, returned["stages"][stage])
                 stage_names.add(stage)
                 collected.append(stage)
-    # A stage is merged when its files came back (or it has none to bring); otherwise the local entry stays.
+    # A stage is merged when its files are there (or it has none to bring); otherwise the local entry stays.
     keep = dict(returned)
     this_window = {s for info in archives.values() for s in info.get("stages", [])}
     keep["stages"] = {n: r for n, r in returned["stages"].items() if n in stage_names or n not in this_window}
@@ -86,17 +84,14 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / MANIFEST_NAME, json.dumps(merged, indent=1) + "\n")
     log(f"collected {sorted(set(collected))} into {dest}" + (f"; missing {missing}" if missing else ""))
-    travel = travel_report(repo_root())
-    if travel is not None:
-        log(travel["message"])
-    return {"stages": sorted(set(collected)), "missing": missing, "dest": str(dest), "travel": travel}
+    return {"stages": sorted(set(collected)), "missing": missing, "dest": str(dest)}
 
 
 F16_MAX = 60_000.0  # below float16's largest finite value (65,504), with room for rounding
 # Per-item arrays no metric reads (imae.comparison): the separability JSON keeps their means.
 UNREAD_ITEMS = ("/centred_cosine",)
 # Per-item arrays of the class-token feature: the book reads the mean-pooled one (``pool = "mean"``); the
-# class token's summaries stay in each evaluation's JSON. Dropped to keep a GPU call within its 64 MiB.
+# class token's summaries stay in each evaluation's JSON. Dropped to keep the repository small.
 UNCOMMITTED_POOLS = ("cls/",)
 
 

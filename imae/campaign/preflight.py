@@ -1,89 +1,52 @@
 """Preflight of a window: versions, imports and data, before any device time goes into training.
 
-The carried CIFAR-10 packs (``--data-pack``: a folder with ``../shared/data/cifar-10-packed``'s files and a
-copy of ``../shared/tools/cifar_unpack.py``) are unpacked with that script, run by the same interpreter,
-into the data root, with ``--check`` (sha256 of the decoded arrays). Nothing is ever downloaded: every config
-of the campaign has ``data.download=False``.
+The dataset is read where the configuration says (``--data-root``, else ``$IMAE_DATA`` or ``./data``);
+nothing is ever downloaded (every config of the campaign has ``data.download=False``), so a job on a node
+without network fails here, in seconds, with the message that names the missing files. A window that must put
+the data in place first (copy it to a node's local disk, unpack an archive) passes
+:attr:`~imae.campaign.state.CampaignConfig.prepare_data`.
 """
 
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+from ..config import CPU_PRESETS
 from .manifest import CampaignError
+from .state import Window
 
-PACK_FILES = ("train_jpeg.npz", "test_webp.npz", "batches.meta", "cifar_unpack.py")
 
+def preflight(w: Window) -> None:
+    """Record the versions, import what the stages need, find the data and size an epoch."""
+    from ..config import build_config
+    from ..data.datasets import dataset_info, load_arrays
 
-class PreflightMixin:
-    """:class:`~imae.campaign.runner.Campaign`'s preflight (versions, imports, data)."""
-
-    def preflight(self) -> None:
-        t0 = time.monotonic()
-        vers = versions(self.device)
-        self.window["versions"] = vers
-        self.log("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
-        check_imports(need_benchmarks="throughput" in self.selected)
-        if self.device.type == "cpu" and self.preset not in ("tiny", "small"):
-            self.log(f"warning: no CUDA device; the {self.preset} preset on a CPU fits few epochs in the budget")
-        self.data_root = self.prepare_data()
-        self.common = {**self.cfg.overrides, "data.root": str(self.data_root) if self.data_root else None,
-                       "data.download": False, "train.device": str(self.device)}
-        base = self.build_config(self.preset, "mae", **self.common)
-        from ..data.datasets import dataset_info, load_arrays
-
-        info = dataset_info(base.data.dataset)
-        train = load_arrays(base.data.dataset, "train", base.data.root, subset_per_class=base.data.subset_per_class,
-                            download=False)
-        test = load_arrays(base.data.dataset, "test", base.data.root, download=False)
-        self.n_train, self.n_test, self.n_classes = len(train), len(test), info.num_classes
-        bs = base.train.batch_size * base.train.accum_iter
-        self.images_per_epoch = (self.n_train // base.train.batch_size) * base.train.batch_size
-        if self.images_per_epoch < bs:
-            raise CampaignError(f"{self.n_train} training images hold no batch of {bs}: lower train.batch_size")
-        self.window["data"] = {"dataset": base.data.dataset, "root": str(base.data.root), "n_train": self.n_train,
-                               "n_test": self.n_test, "images_per_epoch": self.images_per_epoch}
-        self.window["preflight_s"] = round(time.monotonic() - t0, 2)
-        self.log(f"data: {base.data.dataset} at {base.data.root}: {self.n_train} train / {self.n_test} test images, "
-                 f"{self.images_per_epoch} per epoch (batch {base.train.batch_size})")
-        del train, test
-
-    def prepare_data(self) -> Path | None:
-        """Unpack the carried packs (if any) into the data root; returns the root (None: the config's)."""
-        pack = self.cfg.data_pack
-        root = Path(self.cfg.data_root) if self.cfg.data_root else (self.work / "data" if pack else None)
-        if pack is None:
-            return root
-        pack = Path(pack)
-        missing = [f for f in PACK_FILES if not (pack / f).is_file()]
-        if missing:
-            raise CampaignError(
-                f"the data pack {pack} lacks {missing}. Fix (here, before the GPU call): mkdir -p {pack} && cp "
-                f"../shared/data/cifar-10-packed/* ../shared/tools/cifar_unpack.py {pack}/ and carry it")
-        folder = root / "cifar-10-batches-py"
-        wanted = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-        if all((folder / f).is_file() for f in wanted):
-            self.log(f"data: {folder} already unpacked")
-            return root
-        root.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        cmd = [sys.executable, str(pack / "cifar_unpack.py"), str(root), "--packs", str(pack), "--check"]
-        self.log("unpacking CIFAR-10: " + " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=max(10.0, self.clock.remaining() - self.reserve_s))
-        except subprocess.TimeoutExpired as e:
-            raise CampaignError(f"unpacking the CIFAR-10 packs did not finish in {e.timeout:.0f} s") from e
-        if proc.returncode != 0:
-            raise CampaignError(f"unpacking the CIFAR-10 packs failed (exit {proc.returncode}): "
-                                f"{(proc.stderr or proc.stdout).strip()[-800:]}")
-        self.window["unpack_s"] = round(time.monotonic() - t0, 1)
-        self.log(f"data: {proc.stdout.strip()} in {self.window['unpack_s']} s")
-        return root
+    t0 = time.monotonic()
+    vers = versions(w.device)
+    w.record["versions"] = vers
+    w.log("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    check_imports(need_benchmarks="throughput" in w.selected)
+    if w.device.type == "cpu" and w.preset not in CPU_PRESETS:
+        w.log(f"warning: no CUDA device; the {w.preset} preset on a CPU fits few epochs in the budget")
+    w.data_root = w.cfg.prepare_data(w) if w.cfg.prepare_data else w.cfg.data_root
+    w.common = {**w.cfg.overrides, "data.root": str(w.data_root) if w.data_root else None,
+                "data.download": False, "train.device": str(w.device)}
+    base = build_config(w.preset, "mae", **w.common)
+    info = dataset_info(base.data.dataset)
+    train = load_arrays(base.data.dataset, "train", base.data.root, subset_per_class=base.data.subset_per_class,
+                        download=False)
+    test = load_arrays(base.data.dataset, "test", base.data.root, download=False)
+    w.n_train, w.n_test, w.n_classes = len(train), len(test), info.num_classes
+    bs = base.train.batch_size * base.train.accum_iter
+    w.images_per_epoch = (w.n_train // base.train.batch_size) * base.train.batch_size
+    if w.images_per_epoch < bs:
+        raise CampaignError(f"{w.n_train} training images hold no batch of {bs}: lower train.batch_size")
+    w.record["data"] = {"dataset": base.data.dataset, "root": str(base.data.root), "n_train": w.n_train,
+                        "n_test": w.n_test, "images_per_epoch": w.images_per_epoch}
+    w.record["preflight_s"] = round(time.monotonic() - t0, 2)
+    w.log(f"data: {base.data.dataset} at {base.data.root}: {w.n_train} train / {w.n_test} test images, "
+          f"{w.images_per_epoch} per epoch (batch {base.train.batch_size})")
 
 
 def versions(device) -> dict:
@@ -98,7 +61,7 @@ def versions(device) -> dict:
     for mod in ("torchvision", "PIL"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception:  # optional: only the unpacking needs Pillow
+        except Exception:  # optional: only the faithful benchmark path needs them
             out[mod] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -123,6 +86,7 @@ def check_imports(*, need_benchmarks: bool) -> None:
             missing.append(f"{mod} ({type(e).__name__}: {e})")
     if missing:
         raise CampaignError(f"cannot import {missing}. Fix: run from the repository root with the python that has "
-                            "torch/timm/safetensors; a missing package can be carried as a wheel "
-                            "(see ../.library/device/README.md)")
+                            "torch, timm and safetensors (pip install -e . in this checkout)")
 
+
+__all__ = ["check_imports", "preflight", "versions"]

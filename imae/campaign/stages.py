@@ -4,7 +4,7 @@ A stage trains zero or more models (:class:`TrainSpec`), then runs evaluations `
 throughput benchmark. Models are named by reference:
 
 * ``mae`` / ``imae``: the campaign's teacher and standard i-MAE (stages ``mae`` and ``imae``), whose fp16
-  weights are committed to the repository and carried back to the GPU machine in later windows;
+  weights are committed to the repository and loaded from there by later windows;
 * ``untrained`` / ``untrained:<seed>``: the untrained-encoder control (:func:`imae.controls.untrained_run`);
 * ``@<key>``: a model trained earlier in the same stage.
 
@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import evaluations
+from ..design import ABLATIONS, NO_DISTILLATION, SAME_PROB_VARIANTS, TEACHER_RECIPE
 from ..metrics import WHATS
 
 
@@ -62,13 +63,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
+def same_prob_stage(same_prob: float) -> str:
+    """The stage that trains the i-MAE with ``data.same_prob = same_prob`` (``imae-sp0``, ``imae-sp0.5``)."""
+    return f"imae-sp{same_prob:g}"
+
+
+def ablation_stage(label: str) -> str:
+    """The stage of the ablation ``label`` of :data:`imae.design.ABLATIONS` (``ablation-no-distillation``)."""
+    return f"ablation-{_slug(label)}"
+
+
 def default_stages(preset: str) -> list[Stage]:
     """Every stage of the campaign, in the order a window takes them: what decides a verdict first
     (``python -m imae campaign --list`` prints each stage and why). Evaluations come from the registry
-    (:mod:`imae.evaluations`): a newly registered one is run wherever its kind is."""
-    from ..experiments import ABLATIONS
-
-    teacher_recipe = {"model.norm_pix_loss": True}  # ../shared/SPEC.md, "Teacher recipe at CIFAR scale"
+    (:mod:`imae.evaluations`): a newly registered one is run wherever its kind is. What the variants change
+    is the experiment design (:mod:`imae.design`), shared with the notebooks."""
+    teacher_recipe = dict(TEACHER_RECIPE)
     clean = evaluations.clean_classifiers()
     mixture = tuple(w for w in evaluations.frozen() if w not in clean)
     by_model = [(m, w) for w in clean for m in ("mae", "untrained", "imae")]
@@ -103,16 +113,16 @@ def default_stages(preset: str) -> list[Stage]:
     stages.append(Stage("finetune", "fine-tuning: MAE, i-MAE and the same recipe from scratch (untrained)",
                         needs=("mae", "imae"), evals=(("mae", "finetune"), ("imae", "finetune"),
                                                       ("untrained", "finetune")), itemized=True))
-    for sp in (0.0, 0.5):
-        name = f"imae-sp{sp:g}"
+    for sp in SAME_PROB_VARIANTS:
+        name = same_prob_stage(sp)
         stages.append(Stage(name, f"i-MAE with same_prob={sp:g}: does same-class sampling raise the degree of "
                                   "semantics", needs=("mae", "imae"),
                             train=(TrainSpec(name, "imae", "fixed:imae", {"data.same_prob": sp}, teacher="mae"),),
                             evals=tuple((f"@{name}", w) for w in compared)))
     # no distillation first: it tells two-way reconstruction from distillation in the separability verdict
-    ablations = sorted((label for label, change in ABLATIONS.items() if change), key=lambda l: l != "no distillation")
+    ablations = sorted((label for label, change in ABLATIONS.items() if change), key=lambda l: l != NO_DISTILLATION)
     for label in ablations:
-        name = f"ablation-{_slug(label)}"
+        name = ablation_stage(label)
         stages.append(Stage(name, f"ablation: {label}", needs=("mae", "imae"),
                             train=(TrainSpec(name, "imae", "fixed:imae", dict(ABLATIONS[label]), teacher="mae"),),
                             evals=tuple((f"@{name}", w) for w in ("separability", "reconstruction", "linear-probe"))))
@@ -159,4 +169,5 @@ def check_stage_names(names, stages: list[Stage]) -> list[str]:
     return list(names)
 
 
-__all__ = ["TrainSpec", "Stage", "default_stages", "eval_options", "EVAL_OPTIONS", "WHATS"]
+__all__ = ["TrainSpec", "Stage", "ablation_stage", "default_stages", "eval_options", "EVAL_OPTIONS", "same_prob_stage",
+           "WHATS"]

@@ -1,40 +1,43 @@
-"""What a GPU call carries, and how to leave behind what the next window does not read.
+"""A slim checkout for a size-limited upload: leave behind what the next window does not read.
 
-A GPU call sends the checkout's tracked and untracked-not-ignored files, plus the carried CIFAR-10 packs,
-within 64 MiB. The campaign's committed results grow with every window, and the book's rendered pages and
-static files travel too, though the GPU machine reads neither: a window reads the code, the manifest, the
-stored weights its stages load, and the finished items of the itemized stages it resumes. So before a GPU
-call::
+The remote machine takes the checkout's tracked and untracked-not-ignored files plus the dataset archives,
+within :data:`tools.limits.UPLOAD_LIMIT`. The campaign's committed results grow with every window, and the
+book's rendered pages and static files are uploaded too, though the window reads neither: a window reads the
+code, the manifest, the stored weights its stages load, and the finished items of the itemized stages it
+resumes. So, before the call::
 
-    python -m imae campaign --travel light --stages eval mae-continued   # or no --stages: every pending one
-    # ... the GPU call(s) ...
-    python -m imae campaign --collect FILES_AT                           # restores first, then collects
+    python tools/slim_checkout.py slim --stages eval mae-continued   # or no --stages: every pending one
+    # ... the window runs remotely; its output folder comes back ...
+    python tools/slim_checkout.py collect FOLDER                     # restores first, then collects
 
-``light`` takes the paths the window does not read out of git's index (``git rm --cached``: the files stay
+``slim`` takes the paths the window does not read out of git's index (``git rm --cached``: the files stay
 on disk, untouched) and lists them in ``.git/info/exclude``, so they are neither tracked nor untracked-not-
-ignored and stay behind. ``restore`` (also run by ``--collect`` and by a second ``light``) puts the index
+ignored and stay behind. ``restore`` (also run by ``collect`` and by a second ``slim``) puts the index
 entries back as HEAD has them (``git reset``) and removes the exclude block, so nothing is lost and whatever
-changed on disk meanwhile shows up as an ordinary change. While the checkout is light, a commit would record
-those paths as deleted: restore before committing (``--travel show`` says which state the checkout is in).
+changed on disk meanwhile shows up as an ordinary change. While the checkout is slim, a commit would record
+those paths as deleted: restore before committing (``show`` says which state the checkout is in).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from .manifest import Manifest
-from .stages import Stage, default_stages
+if __package__ in (None, ""):  # run as a script: the repository root is the import root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TRAVEL_LIMIT = 64 * 2**20  # what one GPU call may carry: the checkout's files + the carried paths
-DATA_PACK_BYTES = 33_496_936  # ../shared/data/cifar-10-packed/* + tools/cifar_unpack.py
+from imae.campaign.manifest import Manifest  # noqa: E402
+from imae.campaign.stages import Stage, default_stages  # noqa: E402
+from imae.errors import ConfigError  # noqa: E402
+from tools.limits import DATA_ARCHIVE_BYTES, UPLOAD_LIMIT  # noqa: E402
 
 
 def checkout_bytes(repo: str | os.PathLike) -> int | None:
-    """Bytes of the files a GPU call sends from the checkout (git's tracked and untracked-not-ignored files);
+    """Bytes of the files an upload sends from the checkout (git's tracked and untracked-not-ignored files);
     None where git cannot tell."""
     try:
         out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -47,24 +50,25 @@ def checkout_bytes(repo: str | os.PathLike) -> int | None:
     return sum((repo / f).stat().st_size for f in out.stdout.decode().split("\0") if f and (repo / f).is_file())
 
 
-def travel_report(repo: str | os.PathLike, data_bytes: int = DATA_PACK_BYTES) -> dict | None:
-    """How much of the 64 MiB a GPU call from the whole checkout would carry (the checkout + the CIFAR-10
-    packs); None where git cannot tell."""
+def upload_report(repo: str | os.PathLike, data_bytes: int = DATA_ARCHIVE_BYTES) -> dict | None:
+    """How much of the upload limit a call from the whole checkout would use (the checkout + the dataset
+    archives); None where git cannot tell."""
     n = checkout_bytes(repo)
     if n is None:
         return None
     r = _report(n, data_bytes)
     if not r["ok"]:
-        r["message"] += (": a GPU call from the whole checkout would be refused. Fix: python -m imae campaign "
-                         "--travel light [--stages ...] before the call (campaign/README.md)")
+        r["message"] += (": an upload of the whole checkout would be refused. Fix: python tools/slim_checkout.py "
+                         "slim [--stages ...] first (tools/README.md)")
     return {"checkout_bytes": n, "data_bytes": data_bytes, **r}
 
 
-BEGIN = "# imae campaign --travel light: begin (python -m imae campaign --travel restore removes this block)"
-END = "# imae campaign --travel light: end"
-STATE_NAME = "imae-travel-light.json"
-# Never read on the GPU machine: the book (rendered notebooks, MathJax, its result tables) and the notebooks.
-ALWAYS_LEFT = ("book", "experiments")
+BEGIN = "# tools/slim_checkout.py: begin (python tools/slim_checkout.py restore removes this block)"
+END = "# tools/slim_checkout.py: end"
+STATE_NAME = "imae-slim-checkout.json"
+# Never read by a window: the book (rendered notebooks, MathJax, its result tables), the notebooks and the CPU
+# edition's shipped runs (imae.shipped; the campaign trains and stores its own).
+ALWAYS_LEFT = ("book", "experiments", "weights")
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
@@ -143,12 +147,12 @@ def plan(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest: 
 def _is_git(repo: Path) -> bool:
     try:
         return bool(_git(repo, "rev-parse", "--git-dir", check=False).strip())
-    except ConfigError:  # no git on this machine: nothing can have been made light here
+    except ConfigError:  # no git on this machine: nothing can have been made slim here
         return False
 
 
 def state(repo: str | os.PathLike) -> dict | None:
-    """The light state's record (paths left behind, stages), or None when the checkout is whole (or no git)."""
+    """The slim state's record (paths left behind, stages), or None when the checkout is whole (or no git)."""
     repo = Path(repo)
     if not _is_git(repo):
         return None
@@ -168,7 +172,7 @@ def _exclude_without_block(text: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def light(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=None, *, log=print) -> dict:
+def slim(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=None, *, log=print) -> dict:
     """Leave behind what a window running ``stages`` does not read (see the module's docstring)."""
     repo = Path(repo)
     if state(repo):
@@ -177,10 +181,10 @@ def light(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=
     leave = p["leave"]
     staged = _git(repo, "diff", "--cached", "--name-only", "--", *leave).split() if leave else []
     if staged:
-        raise ConfigError(f"--travel light: {len(staged)} staged change(s) under the paths it would untrack "
+        raise ConfigError(f"slim: {len(staged)} staged change(s) under the paths it would untrack "
                           f"(first: {staged[0]}); commit or unstage them first (git restore --staged PATH)")
     before = checkout_bytes(repo)
-    # The record first: should anything below fail, `--travel restore` still knows what to put back.
+    # The record first: should anything below fail, `restore` still knows what to put back.
     _git_path(repo, STATE_NAME).write_text(json.dumps({"preset": preset, **p}, indent=1) + "\n")
     if leave:
         _git(repo, "rm", "-r", "--cached", "-q", "--ignore-unmatch", "--", *leave)
@@ -191,15 +195,15 @@ def light(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=
     exclude.write_text(text + "\n".join(block) + "\n")
     after = checkout_bytes(repo)
     report = _report(after)
-    log(f"travel light for stages {p['stages']}: weights kept {p['weights_kept']}; left behind "
+    log(f"slim checkout for stages {p['stages']}: weights kept {p['weights_kept']}; left behind "
         f"{p['left_bytes'] / 1e6:.1f} MB ({', '.join(leave) or 'nothing'}); checkout "
         f"{(before or 0) / 1e6:.1f} -> {(after or 0) / 1e6:.1f} MB. {report['message']}. "
-        "Do not commit until `python -m imae campaign --travel restore` (--collect restores first)")
+        "Do not commit until `python tools/slim_checkout.py restore` (collect restores first)")
     return {**p, "before_bytes": before, "after_bytes": after, **report}
 
 
 def restore(repo: str | os.PathLike, *, log=print) -> bool:
-    """Undo :func:`light`: the index as HEAD has those paths, the exclude block gone. False if not light."""
+    """Undo :func:`slim`: the index as HEAD has those paths, the exclude block gone. False if not slim."""
     repo = Path(repo)
     if not _is_git(repo):
         return False
@@ -213,7 +217,7 @@ def restore(repo: str | os.PathLike, *, log=print) -> bool:
     if leave:
         _git(repo, "reset", "-q", "HEAD", "--", *leave)
     _git_path(repo, STATE_NAME).unlink()
-    log(f"travel restored: {len(leave)} path(s) back in git's index ({checkout_bytes(repo) / 1e6:.1f} MB)")
+    log(f"checkout restored: {len(leave)} path(s) back in git's index ({checkout_bytes(repo) / 1e6:.1f} MB)")
     return True
 
 
@@ -221,30 +225,87 @@ def _tracked_in_head(repo: Path, path: str) -> bool:
     return bool(_git(repo, "ls-tree", "-r", "--name-only", "HEAD", "--", path, check=False).strip())
 
 
-def _report(n: int | None, data_bytes: int = DATA_PACK_BYTES) -> dict:
-    """{"total_bytes", "ok", "message"} for a checkout of ``n`` bytes plus the data packs."""
+def _report(n: int | None, data_bytes: int = DATA_ARCHIVE_BYTES) -> dict:
+    """{"total_bytes", "ok", "message"} for a checkout of ``n`` bytes plus the dataset archives."""
     total = (n or 0) + data_bytes
-    ok = total <= TRAVEL_LIMIT
-    msg = (f"a GPU call carries {total / 2**20:.1f} of {TRAVEL_LIMIT / 2**20:.0f} MiB "
-           f"(checkout {(n or 0) / 1e6:.1f} MB + data packs {data_bytes / 1e6:.1f} MB)")
+    ok = total <= UPLOAD_LIMIT
+    msg = (f"an upload is {total / 2**20:.1f} of {UPLOAD_LIMIT / 2**20:.0f} MiB "
+           f"(checkout {(n or 0) / 1e6:.1f} MB + dataset archives {data_bytes / 1e6:.1f} MB)")
     return {"total_bytes": total, "ok": ok, "message": msg if ok else "WARNING: " + msg + ": over the limit"}
 
 
 def show(repo: str | os.PathLike, preset: str = "cifar", stages=None, manifest=None, *, log=print) -> dict:
-    """Print the state and what ``light`` would leave behind, changing nothing."""
+    """Print the state and what ``slim`` would leave behind, changing nothing."""
     repo = Path(repo)
     rec = state(repo)
     n = checkout_bytes(repo)
     if rec:
-        log(f"the checkout is LIGHT (stages {rec['stages']}): {_report(n)['message']}; "
-            "restore before committing: python -m imae campaign --travel restore")
-        return {"light": True, **rec}
+        log(f"the checkout is SLIM (stages {rec['stages']}): {_report(n)['message']}; "
+            "restore before committing: python tools/slim_checkout.py restore")
+        return {"slim": True, **rec}
     p = plan(repo, preset, stages, manifest)
     projected = (n or 0) - p["left_bytes"]
-    log(f"the checkout is whole: {_report(n)['message']}. With --travel light for stages {p['stages']}: "
+    log(f"the checkout is whole: {_report(n)['message']}. Slim for stages {p['stages']}: "
         f"{_report(projected)['message']}; weights kept {p['weights_kept']}")
-    return {"light": False, **p, "projected": _report(projected)}
+    return {"slim": False, **p, "projected": _report(projected)}
 
 
-__all__ = ["TRAVEL_LIMIT", "DATA_PACK_BYTES", "checkout_bytes", "travel_report", "plan", "light", "restore", "show",
-           "state", "model_refs"]
+def collect(repo: str | os.PathLike, folder: str | os.PathLike, *, log=print) -> dict:
+    """Restore the checkout, then collect a window's output folder into the repository
+    (:func:`imae.campaign.collect.collect`) and report the next upload's size."""
+    from imae.campaign.collect import collect as collect_window
+    from imae.campaign.manifest import check
+
+    repo, folder = Path(repo), Path(folder)
+    mpath = folder / "manifest.json"
+    try:  # a broken manifest is refused before anything changes
+        returned = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{mpath}: not a window's manifest ({e})") from e
+    check(returned, mpath, returned.get("preset") if isinstance(returned, dict) else None)
+    restore(repo, log=log)  # a slim checkout would hide what lands here from git
+    result = collect_window(folder, repo / "campaign" / returned["preset"], log=log)
+    report = upload_report(repo)
+    if report is not None:
+        log(report["message"])
+    return {**result, "upload": report}
+
+
+def main(argv=None) -> int:
+    from imae.paths import repo_root
+
+    p = argparse.ArgumentParser(prog="python tools/slim_checkout.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["slim", "restore", "show", "collect"])
+    p.add_argument("folder", nargs="?", help="collect: the window's output folder")
+    p.add_argument("--preset", default="cifar")
+    p.add_argument("--stages", nargs="+", metavar="STAGE", help="the stages the next window runs (default: every "
+                                                                "pending one)")
+    p.add_argument("--manifest", help="campaign manifest (default campaign/PRESET/manifest.json)")
+    args = p.parse_args(argv)
+    repo = repo_root()
+    try:
+        if args.action == "restore":
+            if not restore(repo):
+                print("the checkout is whole already (nothing to restore)")
+            return 0
+        if args.action == "collect":
+            if not args.folder:
+                raise ConfigError("collect needs the window's output folder")
+            return 0 if not collect(repo, args.folder)["missing"] else 1
+        fn = slim if args.action == "slim" else show
+        result = fn(repo, args.preset, args.stages, args.manifest)
+    except Exception as e:  # an ImaeError, or git failing: one line
+        from imae.errors import ImaeError
+
+        if not isinstance(e, ImaeError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if result.get("ok", result.get("projected", {}).get("ok", True)) else 1
+
+
+__all__ = ["checkout_bytes", "collect", "model_refs", "plan", "restore", "show", "slim", "state", "upload_report"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m imae campaign --travel light|restore|show``: what a GPU call leaves behind, on a scratch git repo."""
+"""``python tools/slim_checkout.py slim|restore|show|collect``: what an upload leaves behind, on a scratch git repo."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imae.campaign import travel
 from imae.campaign.stages import default_stages
-from imae.errors import ConfigError
+from imae.errors import ConfigError, ImaeError
+from tools import slim_checkout as slim
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -50,7 +50,7 @@ def repo(tmp_path: Path) -> Path:
         {"format": "imae-campaign-v1", "preset": "cifar", "fixed": {}, "windows": [],
          "stages": {"mae": done, "imae": done, "throughput": done, "eval": {"status": "started", "items": {}}}}))
     (r / ".git" / "info").mkdir(parents=True, exist_ok=True)
-    (r / ".git" / "info" / "exclude").write_text("/.gpu/\n")
+    (r / ".git" / "info" / "exclude").write_text("/.scratch/\n")
     git(r, "add", "-A")
     git(r, "commit", "-q", "-m", "init")
     return r
@@ -62,18 +62,18 @@ def tracked(repo: Path) -> set[str]:
 
 def test_model_refs_follow_the_stages():
     by = {s.name: s for s in default_stages("cifar")}
-    assert travel.model_refs(by["eval"]) == {"mae", "imae"}
-    assert travel.model_refs(by["finetune"]) == {"mae", "imae"}
-    assert travel.model_refs(by["mae-continued"]) == {"mae"}  # init_from
-    assert travel.model_refs(by["imae-sp0"]) == {"mae"}  # teacher
-    assert travel.model_refs(by["seed1"]) == set()  # trains its own teacher
+    assert slim.model_refs(by["eval"]) == {"mae", "imae"}
+    assert slim.model_refs(by["finetune"]) == {"mae", "imae"}
+    assert slim.model_refs(by["mae-continued"]) == {"mae"}  # init_from
+    assert slim.model_refs(by["imae-sp0"]) == {"mae"}  # teacher
+    assert slim.model_refs(by["seed1"]) == set()  # trains its own teacher
 
 
-def test_light_leaves_behind_what_the_window_does_not_read_and_restore_undoes_it(repo: Path):
+def test_slim_leaves_behind_what_the_window_does_not_read_and_restore_undoes_it(repo: Path):
     head = tracked(repo)
-    before = travel.show(repo, "cifar", ["mae-continued"], log=lambda m: None)
-    assert not before["light"] and before["weights_kept"] == ["cifar-mae"]
-    out = travel.light(repo, "cifar", ["mae-continued"], log=lambda m: None)
+    before = slim.show(repo, "cifar", ["mae-continued"], log=lambda m: None)
+    assert not before["slim"] and before["weights_kept"] == ["cifar-mae"]
+    out = slim.slim(repo, "cifar", ["mae-continued"], log=lambda m: None)
     now = tracked(repo)
     assert "imae/__init__.py" in now and "campaign/cifar/manifest.json" in now
     assert "campaign/cifar/weights/cifar-mae.safetensors" in now and "campaign/cifar/weights/cifar-mae.json" in now
@@ -83,71 +83,68 @@ def test_light_leaves_behind_what_the_window_does_not_read_and_restore_undoes_it
                     "campaign/cifar/results/mae/metrics.jsonl", "campaign/cifar/results/eval/evals/mae/knn.json",
                     "campaign/cifar/logs/window-1.log"}
     assert out["after_bytes"] == out["before_bytes"] - out["left_bytes"]
-    assert out["total_bytes"] == before["projected"]["total_bytes"]  # show predicted what light does
+    assert out["total_bytes"] == before["projected"]["total_bytes"]  # show predicted what slim does
     assert out["left_bytes"] == sum((repo / p).stat().st_size for p in gone)
-    # Left behind means neither tracked nor untracked-not-ignored (what the GPU call sends), but still on disk.
+    # Left behind means neither tracked nor untracked-not-ignored (what an upload sends), but still on disk.
     sent = set(git(repo, "ls-files", "--cached", "--others", "--exclude-standard").split())
     assert not (gone & sent) and all((repo / p).is_file() for p in gone)
-    assert travel.state(repo)["stages"] == ["mae-continued"]
-    assert travel.show(repo, log=lambda m: None)["light"]
-    # What a window's --collect writes meanwhile shows up as an ordinary change after the restore.
+    assert slim.state(repo)["stages"] == ["mae-continued"]
+    assert slim.show(repo, log=lambda m: None)["slim"]
+    # What collecting a window writes meanwhile shows up as an ordinary change after the restore.
     write(repo / "campaign" / "cifar" / "results" / "mae-continued" / "knn.json", 10)
     (repo / "campaign" / "cifar" / "results" / "mae" / "metrics.jsonl").write_text("changed\n")
-    assert travel.restore(repo, log=lambda m: None)
-    assert tracked(repo) == head and travel.state(repo) is None
+    assert slim.restore(repo, log=lambda m: None)
+    assert tracked(repo) == head and slim.state(repo) is None
     assert git(repo, "diff", "--cached", "--name-only") == ""
     status = git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
     assert sorted(status) == [" M campaign/cifar/results/mae/metrics.jsonl",
                               "?? campaign/cifar/results/mae-continued/knn.json"]
-    assert (repo / ".git" / "info" / "exclude").read_text() == "/.gpu/\n"  # the user's own lines stay
-    assert not travel.restore(repo, log=lambda m: None)  # nothing left to undo
+    assert (repo / ".git" / "info" / "exclude").read_text() == "/.scratch/\n"  # the user's own lines stay
+    assert not slim.restore(repo, log=lambda m: None)  # nothing left to undo
 
 
 def test_itemized_stages_keep_their_results_and_the_models_they_load(repo: Path):
-    p = travel.plan(repo, "cifar", ["eval"])
+    p = slim.plan(repo, "cifar", ["eval"])
     assert p["weights_kept"] == ["cifar-imae", "cifar-mae"]
     assert "campaign/cifar/results/eval" not in p["leave"] and "campaign/cifar/results/mae" in p["leave"]
     # No stages named: every stage not done, eval and finetune among them.
-    p = travel.plan(repo, "cifar")
+    p = slim.plan(repo, "cifar")
     assert "mae" not in p["stages"] and p["stages"][0] == "eval" and "seed2" in p["stages"]
     assert p["weights_kept"] == ["cifar-imae", "cifar-mae"]
     # Training seeds only: no stored model is read.
-    assert travel.plan(repo, "cifar", ["seed1", "seed2"])["weights_kept"] == []
+    assert slim.plan(repo, "cifar", ["seed1", "seed2"])["weights_kept"] == []
 
 
-def test_light_twice_restores_first_and_refuses_staged_changes(repo: Path):
-    travel.light(repo, "cifar", ["seed1"], log=lambda m: None)
-    travel.light(repo, "cifar", ["eval"], log=lambda m: None)
+def test_slim_twice_restores_first_and_refuses_staged_changes(repo: Path):
+    slim.slim(repo, "cifar", ["seed1"], log=lambda m: None)
+    slim.slim(repo, "cifar", ["eval"], log=lambda m: None)
     assert "campaign/cifar/results/eval/evals/mae/knn.json" in tracked(repo)
-    assert (repo / ".git" / "info" / "exclude").read_text().count(travel.BEGIN) == 1
-    travel.restore(repo, log=lambda m: None)
+    assert (repo / ".git" / "info" / "exclude").read_text().count(slim.BEGIN) == 1
+    slim.restore(repo, log=lambda m: None)
     (repo / "book" / "intro.md").write_text("edited")
     git(repo, "add", "book/intro.md")
     with pytest.raises(ConfigError, match="staged change"):
-        travel.light(repo, "cifar", ["seed1"], log=lambda m: None)
-    assert travel.state(repo) is None and "book/intro.md" in tracked(repo)
+        slim.slim(repo, "cifar", ["seed1"], log=lambda m: None)
+    assert slim.state(repo) is None and "book/intro.md" in tracked(repo)
 
 
 def test_unknown_stage_is_named(repo: Path):
     with pytest.raises(ConfigError, match="unknown campaign stage"):
-        travel.plan(repo, "cifar", ["nope"])
+        slim.plan(repo, "cifar", ["nope"])
 
 
-def test_collect_restores_a_light_checkout_first(tmp_path: Path, monkeypatch):
-    """--collect into the repository restores first: files landing under left-behind paths must be seen by git."""
-    from imae.campaign import collect as collect_mod
-    from imae.campaign.manifest import CampaignError
-
-    calls = []
-    monkeypatch.setattr(collect_mod, "restore", lambda repo, log=print: calls.append(repo) or True)
-    src = tmp_path / "back"
+def test_collect_restores_a_slim_checkout_first(repo: Path):
+    """collect restores first: files landing under left-behind paths must be seen by git; a broken manifest is
+    refused before anything changes."""
+    slim.slim(repo, "cifar", ["seed1"], log=lambda m: None)
+    src = repo.parent / "back"
     src.mkdir()
     (src / "manifest.json").write_text(json.dumps({"format": "bad"}))
-    with pytest.raises(CampaignError):  # a broken manifest is refused before anything changes
-        collect_mod.collect(src)
-    assert calls == []
+    with pytest.raises(ImaeError, match="not a campaign manifest"):
+        slim.collect(repo, src, log=lambda m: None)
+    assert slim.state(repo) is not None  # still slim: nothing changed
     (src / "manifest.json").write_text(json.dumps(
         {"format": "imae-campaign-v1", "preset": "cifar", "fixed": {}, "windows": [], "stages": {}}))
-    monkeypatch.setattr(collect_mod, "repo_root", lambda: tmp_path / "fake-repo")
-    collect_mod.collect(src, log=lambda m: None)
-    assert calls == [tmp_path / "fake-repo"]
+    out = slim.collect(repo, src, log=lambda m: None)
+    assert slim.state(repo) is None and out["stages"] == [] and out["upload"]["checkout_bytes"] > 0
+    assert "book/intro.md" in tracked(repo)
