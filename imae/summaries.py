@@ -160,8 +160,9 @@ def chapter_summary(chapter: str, *, preset: str = "cifar", root: str | os.PathL
         metric = cmp.ls_ratio("sub", pool) if what == "separability" else cmp.ds("sub", pool)
         est, d, seeds = camp.compare(what, metric)
         table = cmp.wide(cmp.frame(est, index=alphas))
-        name = ("the subordinate's R² over each model's clean ceiling" if what == "separability"
-                else "the subordinate's class accuracy")
+        name = ("the subordinate's R² against the i-MAE's own teacher over each model's clean ceiling (a "
+                "secondary measure: the verdict is judged against an independent reference, another seed's "
+                "teacher)" if what == "separability" else "the subordinate's class accuracy")
         text = (f"At paper scale ({scale_text(seeds)}), on {name} at α = {alphas[k]}, "
                 f"{stats.compare_text('i-MAE', 'the MAE', d['i-MAE − MAE'], index=k)}")
         if "MAE − untrained" in d:
