@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PRESET ?= tiny
+PRESET ?= small
 NB     ?= separability
 OUT    ?= runs
 

@@ -34,7 +34,7 @@ def executed_book(toy_root, tmp_path_factory):
     shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("*.ipynb", "results", "_build"))
     params = {"preset": "tiny", "data_root": str(toy_root), "mae_epochs": 2, "imae_epochs": 2, "device": "cpu",
               "overrides": MICRO_OVERRIDES, "runs_dir": str(root / "runs"), "results_dir": str(book / "results"),
-              "max_images": 100, "finetune_epochs": 1, "same_probs": [0.0, 1.0], "ablation_epochs": 1,
+              "max_images": 100, "n_pairs": None, "finetune_epochs": 1, "same_probs": [0.0, 1.0], "ablation_epochs": 1,
               "seeds": [0, 1]}
     for name in NOTEBOOKS:
         run_notebook(name, params, root=REPO, out_dir=book, log=lambda *a: None)
