@@ -359,11 +359,19 @@ def write_performance(book_dir: Path) -> Path:
                               f"{name} {sec:,.0f} s" for name, sec in r["figure_s"].items()) + ".", ""]
             continue
         rows = [f"| {name} | {sec:,.0f} |" for name, sec in r.get("notebooks_s", {}).items()]
-        scratch = r.get("from_scratch")
-        how = (f"measured in one sitting from an EMPTY runs cache (every model trained, every evaluation run): "
-               f"{scratch['wall_s'] / 60:.1f} min wall time for the whole command, book build included"
-               if scratch else "trained runs and evaluations already in the cache are reused, so a first run "
-               "adds the training times of the [status table](intro.md)")
+        scratch, restored = r.get("from_scratch"), r.get("from_shipped")
+        if scratch:
+            how = (f"measured in one sitting from an EMPTY runs cache (every model trained, every evaluation run): "
+                   f"{scratch['wall_s'] / 60:.1f} min wall time for the whole command, book build included")
+        elif restored:
+            how = (f"measured in one sitting from an EMPTY runs cache, its {restored['runs']} trained runs restored "
+                   f"from the repository's `weights/` instead of trained, every evaluation run: "
+                   f"{restored['wall_s'] / 60:.1f} min wall time for the whole command, book build included; "
+                   f"`RETRAIN=1` adds the {restored['training_s'] / 60:.0f} min those runs took to train (their "
+                   f"cards' training times)")
+        else:
+            how = ("trained runs and evaluations already in the cache are reused, so a first run adds the training "
+                   "times of the [status table](intro.md)")
         parts += [f"**`make reproduce PRESET={r['preset']}`** ({r.get('cpu', '?')}, {r.get('torch_threads', '?')} "
                   f"torch threads; {how}); source `results/{f.name}`: notebooks {r['total_s'] / 60:.1f} min, peak "
                   f"notebook-kernel memory {r.get('peak_kernel_rss_mb', 0):,} MB.",
