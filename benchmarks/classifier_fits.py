@@ -53,7 +53,12 @@ def torch_lbfgs_fit(x, y, w, b, weight_decay: float, max_iter: int) -> dict:
     w.requires_grad_(False)
     b.requires_grad_(False)
     st = opt.state[opt._params[0]]
-    return {"iterations": st.get("n_iter", 0), "evaluations": st.get("func_evals", 0)}
+    with torch.no_grad():  # the fit's record: where it stopped, and how far from the minimum
+        _, gw, gb = probes._objective(x, y, rows, w, b, weight_decay)
+        grad_max = float(torch.cat([gw.reshape(-1), gb]).abs().max())
+    n_iter = st.get("n_iter", 0)
+    return {"iterations": n_iter, "evaluations": st.get("func_evals", 0),
+            "stop": "max_iter" if n_iter >= max_iter else "converged", "grad_max": grad_max}
 
 
 def problems(n_fits: int, rows: int, test_rows: int, dim: int, classes: int, device: str, seed: int = 0) -> list[dict]:

@@ -561,14 +561,15 @@ def test_resuming_over_a_damaged_metrics_line_stops_and_names_it(mae_run, toy_ro
 def test_a_damaged_config_yaml_is_named_with_its_line(edit, words, mae_run, tmp_path, toy_root, capsys):
     run = tmp_path / "run"
     shutil.copytree(mae_run, run)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.yaml"}
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "config.yaml"}
     (run / "config.yaml").write_text(edit((run / "config.yaml").read_text()))
     with pytest.raises(RunFileError) as e:
         read_run_config(run)
     assert str(e.value).startswith(f"{run / 'config.yaml'}, line ") and words in str(e.value), str(e.value)
     code, err = run_cli(["pretrain", "--method", "mae", "--out", run, "--quiet", *micro_cli_args(toy_root)], capsys)
     assert code == 2 and words in one_line(err)
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.yaml"} == before  # nothing touched
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "config.yaml"}
+    assert after == before  # nothing touched
 
 
 def test_config_sections_say_did_you_mean():

@@ -731,7 +731,8 @@ def test_evaluate_every_what_writes_json(run, request, tmp_path):
     assert ({"imae_sub", "imae_dom"} <= keys) == (run == "imae_run")
     assert ex["alpha0.1/x_mix"].shape == (2, 32, 32, 3) and 0 <= ex["alpha0.1/x_mix"].min() <= 1
     ft = json.loads((out / "finetune.json").read_text())
-    assert len(ft["curve"]) == 1 and 0 <= ft["accuracy"] <= 1
+    # epoch 0 is the starting head (the probe's, LP-FT), then one row per fine-tuning epoch
+    assert [c["epoch"] for c in ft["curve"]] == [0, 1] and 0 <= ft["accuracy"] <= 1
 
 
 def test_finetune_leaves_the_loaded_model_untouched(mae_run):
@@ -740,7 +741,8 @@ def test_finetune_leaves_the_loaded_model_untouched(mae_run):
     from imae.metrics import finetune
 
     res = finetune(m.mae, load_eval_data(m.config), epochs=2, batch_size=64)
-    assert [c["epoch"] for c in res["curve"]] == [1, 2]
+    assert [c["epoch"] for c in res["curve"]] == [0, 1, 2]
+    assert res["curve"][0]["train_loss"] is None and all(c["train_loss"] is not None for c in res["curve"][1:])
     assert all(torch.equal(before[k], v) for k, v in m.mae.state_dict().items())
 
 

@@ -119,6 +119,9 @@ def test_findings_page_has_a_verdict_for_every_claim(executed_book):
     answers = pd.read_csv(executed_book / "book" / "results" / "answers.csv")
     assert len(answers) == 6 and list(answers.columns) == ["claim", "CPU edition", "paper scale"]
     assert all(any(v.startswith(f"**{label}**") for label in verdict.LABELS) for v in answers["CPU edition"])
+    # it fits a 400 px phone: three columns whose cells wrap at spaces (no word longer than a narrow column)
+    words = [w for col in answers.columns for cell in answers[col].astype(str) for w in cell.replace("*", "").split()]
+    assert max(len(w) for w in words) <= 20, max(words, key=len)
     assert html.index("tbl-answers") < html.index("tbl-findings")
     intro = (executed_book / "_build" / "html" / "intro.html").read_text()
     assert "findings.html" in intro
