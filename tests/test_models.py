@@ -226,3 +226,16 @@ def test_encoder_only_official_checkpoint_is_refused_with_a_hint(vit_base):
     with pytest.raises(CheckpointError, match="encoder-only checkpoint"):
         load_mae_weights(vit_base, sd, source="mae_pretrain_vit_base.pth")
     load_mae_weights(vit_base, sd, source="x", allow_missing=("decoder", "mask_token"))  # encoder use is fine
+
+
+def test_loss_weights_take_their_defaults_from_the_config_only(monkeypatch):
+    from imae.config import IMAEConfig
+    from imae.models import LossWeights
+
+    assert LossWeights.coerce(None) == LossWeights.from_config(IMAEConfig())
+    # a changed default in the config is the weights' default: no second copy to drift
+    monkeypatch.setattr(IMAEConfig, "__init__", lambda self: None)
+    for k, v in {"w_rec_sub": 0.5, "w_rec_dom": 2.0, "w_distill_sub": 0.25, "w_distill_dom": 3.0}.items():
+        monkeypatch.setattr(IMAEConfig, k, v, raising=False)
+    assert LossWeights.coerce(None) == LossWeights(0.5, 2.0, 0.25, 3.0)
+    assert LossWeights.coerce({"w_distill_sub": 0.0}) == LossWeights(0.5, 2.0, 0.0, 3.0)

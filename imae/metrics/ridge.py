@@ -175,9 +175,3 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, *, grid=RIDGE_GRID, val_fraction
     coef = v @ (vty / (e + lam)[:, None])
     return RidgeFit(coef, x_mean, y_mean, lam, grid[best], grid, val_r2)
 
-
-def ridge_r2(x_fit, y_fit, x_test, y_test, *, grid=RIDGE_GRID, val_fraction: float = 0.2, seed: int = 0,
-             groups=None) -> dict:
-    """Fit on (x_fit, y_fit), score held-out R² on (x_test, y_test); returns {r2, lambda, lambda_rel}."""
-    fit = fit_ridge(x_fit, y_fit, grid=grid, val_fraction=val_fraction, seed=seed, groups=groups)
-    return {"r2": fit.score(x_test, y_test), "lambda": fit.lam, "lambda_rel": fit.lam_rel}

@@ -15,7 +15,7 @@ pairing implies; ``'mixed'`` reproduces the released code, which feeds it the mi
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -27,28 +27,36 @@ from .mae import MaskedAutoencoderViT
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The weights of i-MAE's four loss terms (the config's ``imae.w_*`` fields)."""
+    """The weights of i-MAE's four loss terms: the config's ``imae.w_*`` fields, whose defaults live there only
+    (:class:`imae.config.IMAEConfig`)."""
 
-    rec_sub: float = 1.0
-    rec_dom: float = 1.0
-    distill_sub: float = 1.0
-    distill_dom: float = 1.0
+    rec_sub: float
+    rec_dom: float
+    distill_sub: float
+    distill_dom: float
 
     @classmethod
-    def from_config(cls, imae_cfg) -> "LossWeights":
-        """From an :class:`imae.config.IMAEConfig` (``w_rec_sub``, ...)."""
-        return cls(imae_cfg.w_rec_sub, imae_cfg.w_rec_dom, imae_cfg.w_distill_sub, imae_cfg.w_distill_dom)
+    def from_config(cls, imae_cfg=None) -> "LossWeights":
+        """From an :class:`imae.config.IMAEConfig` (``w_rec_sub``, ...); None: the config's defaults."""
+        if imae_cfg is None:
+            from ..config import IMAEConfig  # the defaults' one place (imported late: config sits above models)
+
+            imae_cfg = IMAEConfig()
+        return cls(*(float(getattr(imae_cfg, f"w_{k}")) for k in cls.__dataclass_fields__))
 
     @classmethod
     def coerce(cls, weights) -> "LossWeights":
-        """A LossWeights, None (all 1) or a dict of the config's names (``{"w_distill_sub": 0.0}``)."""
-        if weights is None or isinstance(weights, cls):
-            return weights or cls()
+        """A LossWeights, None (the config's defaults) or a dict of the config's names (``{"w_distill_sub": 0.0}``,
+        the others at their defaults)."""
+        if isinstance(weights, cls):
+            return weights
+        if weights is None:
+            return cls.from_config()
         unknown = set(weights) - {f"w_{k}" for k in cls.__dataclass_fields__}
         if unknown:
             known = sorted(f"w_{k}" for k in cls.__dataclass_fields__)
             raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {known}")
-        return cls(**{k[len("w_"):]: float(v) for k, v in weights.items()})
+        return replace(cls.from_config(), **{k[len("w_"):]: float(v) for k, v in weights.items()})
 
     def of(self, term: str) -> float:
         """The weight of loss term ``loss_<name>``."""
