@@ -368,7 +368,7 @@ def write_performance(book_dir: Path) -> Path:
                    f"from the repository's `weights/` instead of trained, every evaluation run: "
                    f"{restored['wall_s'] / 60:.1f} min wall time for the whole command, book build included; "
                    f"`RETRAIN=1` adds the {restored['training_s'] / 60:.0f} min those runs took to train (their "
-                   f"cards' training times)")
+                   f"cards' training times)" + (f"; {restored['note']}" if restored.get("note") else ""))
         else:
             how = ("trained runs and evaluations already in the cache are reused, so a first run adds the training "
                    "times of the [status table](intro.md)")

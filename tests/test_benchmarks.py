@@ -124,6 +124,22 @@ def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp
     assert "| +8.0 [+7.0, +9.0] | -0.5 [-1.0, +0.0] | +2.0 [+1.0, +3.0] |" in text
 
 
+def test_performance_page_says_when_a_reproduce_restored_its_runs_from_the_shipped_weights(tmp_path):
+    from imae.reproduce import write_performance
+
+    (tmp_path / "results").mkdir()
+    rec = {"preset": "small", "cpu": "x", "torch_threads": 2, "notebooks_s": {"separability": 600.0},
+           "total_s": 600.0, "peak_kernel_rss_mb": 1600,
+           "from_shipped": {"runs": 22, "wall_s": 1200.0, "training_s": 6000.0}}
+    (tmp_path / "results" / "reproduce_small.json").write_text(json.dumps(rec))
+    text = write_performance(tmp_path).read_text()
+    assert "its 22 trained runs restored from the repository's `weights/`" in text
+    assert "20.0 min wall time" in text and "`RETRAIN=1` adds the 100 min" in text and "shared the" not in text
+    rec["from_shipped"]["note"] = "another process shared the cores"
+    (tmp_path / "results" / "reproduce_small.json").write_text(json.dumps(rec))
+    assert "cards' training times); another process shared the cores)" in write_performance(tmp_path).read_text()
+
+
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
     from imae.reproduce import write_timings
 
