@@ -31,8 +31,8 @@ CONFIGS = {
 def score(run_dirs, untrained_dirs, *, max_images: int, seed: int, device: str) -> dict:
     """kNN and linear-probe accuracy of runs (one per training seed) and their untrained controls (same seeds),
     with paired differences; every model is scored on the same test items (evaluation seed ``seed``)."""
-    from imae import comparison as cmp
-    from imae.experiments import cached_evaluation
+    from imae.companion import comparison as cmp
+    from imae.companion.experiments import cached_evaluation
 
     out = {}
     for what in ("knn", "linear-probe"):
@@ -46,8 +46,8 @@ def score(run_dirs, untrained_dirs, *, max_images: int, seed: int, device: str) 
 
 def versus(runs_a, runs_b, *, max_images: int, seed: int, device: str) -> dict:
     """Accuracy of configuration a minus configuration b, paired by training seed and test item."""
-    from imae import comparison as cmp
-    from imae.experiments import cached_evaluation
+    from imae.companion import comparison as cmp
+    from imae.companion.experiments import cached_evaluation
 
     out = {}
     for what in ("knn", "linear-probe"):
@@ -63,7 +63,7 @@ def search(preset: str, names, *, data_root, runs_dir, max_images: int, seed: in
     seed ``seed``), or with every training seed of ``seeds`` (all evaluated on the items of evaluation seed
     ``seed``; means over seeds with intervals that add the seeds' spread)."""
     from imae.controls import untrained_run
-    from imae.experiments import cached_run, describe_run
+    from imae.companion.experiments import cached_run, describe_run
 
     train_seeds = list(seeds) if seeds else [seed]
     result = {"preset": preset, "max_images": max_images, "seed": seed, "configs": {}}

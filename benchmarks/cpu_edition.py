@@ -38,7 +38,7 @@ from benchmarks import throughput  # noqa: E402
 from benchmarks.cpu_pipeline import peak_rss_mb  # noqa: E402
 from imae import evaluations  # noqa: E402
 from imae.config import build_config  # noqa: E402
-from imae.reproduce import notebook_parameters  # noqa: E402
+from imae.companion.reproduce import notebook_parameters  # noqa: E402
 
 EVALS = evaluations.frozen()  # every registered evaluation of a frozen model (imae.evaluations)
 

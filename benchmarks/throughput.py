@@ -45,7 +45,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imae.config import build_config  # noqa: E402
+from imae.config import METHODS, PRESETS, build_config  # noqa: E402
 from imae.data.datasets import load_arrays  # noqa: E402
 
 from benchmarks.paths import PATHS, agreement, host_syncs_per_step, pool_size, synthetic_arrays, Stepper  # noqa: E402
@@ -200,10 +200,10 @@ def render(rows: list[dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", help="tiny | cifar | tinyimagenet | imagenet (default: cifar on CUDA, tiny on CPU)")
+    p.add_argument("--preset", help=" | ".join(PRESETS) + " (default: cifar on CUDA, tiny on CPU)")
     p.add_argument("--batch", type=int, help="global batch (default: the preset's; on a CPU at most 128)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--methods", nargs="+", default=["mae", "imae"], choices=["mae", "imae"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--paths", nargs="+", default=["faithful", "fast"], choices=list(PATHS))
     p.add_argument("--compile", action="store_true", help="also time fast+compile")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode: default | reduce-overhead | ...")

@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from .evaluations import headline_index
 from .pretrained import repo_root
 
 PUBLISHED_README = "README.md"
@@ -89,15 +90,6 @@ def _sentence(name_a: str, name_b: str, d: dict, *, k: Optional[int] = None, poi
     if lo > 0 or hi < 0:
         return f"{name_a} is {'higher' if lo > 0 else 'lower'} than {name_b} by {abs(m):{fmt}}{unit} ({ci})"
     return f"{name_a} and {name_b} are within noise of each other (difference {m:+{fmt}}{unit}; {ci})"
-
-
-def _headline(alphas) -> int:
-    """The index of the book's headline alpha (the one every chapter quotes: nearest 0.3, the lower on a tie)."""
-    from . import stats
-
-    if hasattr(stats, "headline_index"):
-        return stats.headline_index(alphas)
-    return min(range(len(alphas)), key=lambda i: (abs(float(alphas[i]) - 0.3), float(alphas[i])))
 
 
 def _load(path: Path) -> Optional[dict]:
@@ -178,7 +170,7 @@ def _paper_scale(card: dict, repo: Path) -> Optional[dict]:
         return None
     pool = rec.get("pool", "mean")
     alphas = rec.get("alphas") or []
-    k = _headline(alphas) if alphas else None
+    k = headline_index(alphas) if alphas else None
     acc = rec.get("accuracy", {})
     knn_pp = stored["knn"]["per_pool"].get(pool, {})
     ref = (stored["separability"]["metadata"].get("reference") or {}).get("fingerprint")
@@ -239,7 +231,7 @@ def _book_records(fingerprint: str, preset: Optional[str], repo: Path) -> Option
         sources.append(_rel(folder / "separability.json", repo))
         seeds = seeds or rec.get("seeds")
         alphas = rec.get("alphas") or []
-        k = _headline(alphas) if alphas else None
+        k = headline_index(alphas) if alphas else None
         for part, name in (("sub", "subordinate"), ("dom", "dominant")):
             ls = rec.get("ls", {}).get(part, {})
             if arm in ls and k is not None:
@@ -257,7 +249,7 @@ def _book_records(fingerprint: str, preset: Optional[str], repo: Path) -> Option
 def _run_evaluations(run: Path, repo: Path) -> Optional[dict]:
     """The evaluations stored inside a run (``<run>/eval/<what>-*/<what>.json``), with intervals computed
     from their per-item arrays (one training seed: test-item resampling)."""
-    from . import comparison as cmp
+    from .companion import comparison as cmp
     from .runs import load_result
 
     folder = (run.parent if run.is_file() else run) / "eval"
@@ -270,7 +262,7 @@ def _run_evaluations(run: Path, repo: Path) -> Optional[dict]:
             r = load_result(f)
             if what == "separability":
                 alphas = r["alphas"]
-                k = _headline(alphas)
+                k = headline_index(alphas)
                 for part, name in (("sub", "subordinate"), ("dom", "dominant")):
                     e = cmp.estimates({"m": [r]}, cmp.at_alpha(cmp.ls(part, "mean"), k))["m"].as_dict()
                     rows.append({"measure": f"LS: {name} image's R² at α = {alphas[k]}", "value": _r2(e),

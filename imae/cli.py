@@ -123,7 +123,7 @@ def cmd_make_toy_data(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from .companion.reproduce import reproduce
 
     extra = _set_pairs(args.param)
     if args.data_root:

@@ -180,7 +180,8 @@ def _vit(embed, depth, heads, dec, dec_depth, dec_heads, img, patch):
                 decoder_embed_dim=dec, decoder_depth=dec_depth, decoder_num_heads=dec_heads)
 
 
-# The presets, smallest first (this order is the scale order everywhere: imae.findings, the command line's help).
+# The presets, smallest first (this order is the scale order everywhere: imae.companion.findings, the command
+# line's help).
 PRESETS: dict[str, dict[str, Any]] = {
     # Runs the whole pipeline on 2 CPU cores in minutes (CIFAR-10, first 100 images per class).
     "tiny": dict(

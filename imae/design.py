@@ -1,7 +1,7 @@
 """The experiment design, in one place: what the notebooks and the GPU campaign both train.
 
 Config overrides (``"section.field": value``, as :func:`imae.config.build_config` takes them), nothing else:
-this module imports nothing, so the configuration, the notebooks' glue (:mod:`imae.experiments` re-exports
+this module imports nothing, so the configuration, the notebooks' glue (:mod:`imae.companion.experiments` re-exports
 ``ABLATIONS``) and the campaign (:mod:`imae.campaign.stages`) all read the same design.
 
 * :data:`TEACHER_RECIPE`: the MAE teacher / baseline learns per-patch-normalised pixels, the i-MAE student

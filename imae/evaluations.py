@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from .errors import ConfigError
 
@@ -111,11 +111,20 @@ def frozen() -> tuple[str, ...]:
     return tuple(n for n, e in EVALUATIONS.items() if not e.trains)
 
 
-# ----------------------------------------------------------------------------------- the built-in ones
-def _headline(alphas) -> int:
-    from .stats import headline_index
+# ----------------------------------------------------------------------------------- the headline alpha
+HEADLINE_ALPHA = 0.3  # the subordinate weight every chapter's answer and the Findings page quote
 
-    return headline_index(alphas)
+
+def headline_index(alphas: Sequence[float]) -> int:
+    """The index of the alpha nearest :data:`HEADLINE_ALPHA` in ``alphas`` (the lower one on a tie): the one
+    lookup the evaluations' summaries, every chapter, the Findings page and the campaign's summaries use
+    (:mod:`imae.companion.stats` hands it to the notebooks)."""
+    if not len(alphas):
+        raise ValueError("no alphas to pick the headline alpha from")
+    return min(range(len(alphas)), key=lambda i: (abs(float(alphas[i]) - HEADLINE_ALPHA), float(alphas[i])))
+
+
+# ----------------------------------------------------------------------------------- the built-in ones
 
 
 def _acc_summary(r: dict) -> dict:
@@ -123,12 +132,12 @@ def _acc_summary(r: dict) -> dict:
 
 
 def _ls_summary(r: dict) -> dict:
-    k = _headline(r["alphas"])
+    k = headline_index(r["alphas"])
     return {f"ls_sub_{p}@{r['alphas'][k]}": round(v["sub"]["r2"][k], 4) for p, v in r["ridge"].items()}
 
 
 def _ds_summary(r: dict) -> dict:
-    k = _headline(r["alphas"])
+    k = headline_index(r["alphas"])
     return {f"ds_sub_{p}@{r['alphas'][k]}": round(v["sub"][k], 4) for p, v in r["accuracy"].items()}
 
 

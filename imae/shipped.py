@@ -4,7 +4,7 @@ training.
 ``weights/<preset>/<run>.safetensors`` holds a run's model (float16, with its decoder and splitter, for the
 reconstructions), ``<run>.json`` its card (configuration, fingerprint, checksum, training record; no machine
 paths) and ``<run>.metrics.jsonl.gz`` its training log (the pretraining chapter's curves). ``<run>`` is the run
-directory's name, ``<preset>-<method>-<fingerprint>``, so :func:`imae.experiments.cached_run` finds the
+directory's name, ``<preset>-<method>-<fingerprint>``, so :func:`imae.companion.experiments.cached_run` finds the
 shipped copy of exactly the configuration it asks for: where that run is not in the cache yet, it is restored
 from the shipped files (seconds) instead of trained (minutes to an hour). The book's CPU edition is computed
 from these float16 weights, so a rerun from a fresh clone reproduces its numbers.

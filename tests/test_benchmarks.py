@@ -89,7 +89,7 @@ def test_cpu_edition_projection_counts_every_training_run_of_the_notebooks():
 
 
 def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp_path):
-    from imae.reproduce import write_performance
+    from imae.companion.reproduce import write_performance
 
     results = tmp_path / "results"
     results.mkdir()
@@ -141,7 +141,7 @@ def test_performance_page_says_when_a_reproduce_restored_its_runs_from_the_shipp
 
 
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
-    from imae.reproduce import write_timings
+    from imae.companion.reproduce import write_timings
 
     path = tmp_path / "reproduce_small.json"
     write_timings(path, "small", {"pretrain": 100.0, "separability": 50.0})
@@ -152,7 +152,7 @@ def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["notebooks_s"] == {"pretrain": 100.0, "separability": 50.0} and rec["total_s"] == 150.0
     assert rec["from_scratch"] == {"wall_s": 200.0} and rec["figure_s"] == {"separability": 20.0}
-    from imae.reproduce import NOTEBOOKS, timing_is_partial
+    from imae.companion.reproduce import NOTEBOOKS, timing_is_partial
 
     # `--only` naming every notebook is still a rerun; only a plain `make reproduce` is a full run
     assert timing_is_partial(list(NOTEBOOKS)) and timing_is_partial(["findings"]) and not timing_is_partial(None)

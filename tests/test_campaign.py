@@ -257,7 +257,7 @@ def test_later_stages_run_from_the_stored_weights(later):
 def test_the_book_reads_the_later_stages(later):
     """Every chapter's paper-scale box uses what the later stages brought: intervals over both training seeds,
     the equal-compute control, same_prob, fine-tuning, the ablation and the reconstructions."""
-    from imae.summaries import chapter_summary, load_campaign
+    from imae.companion.summaries import chapter_summary, load_campaign
 
     root = later["root"]
     camp = load_campaign("tiny", root=root)
@@ -653,10 +653,11 @@ def test_stored_campaign_items_load_as_float32():
 
 
 def test_stored_results_read_back_for_the_book(repo):
-    """A collected campaign reads back (imae.campaign.results, through imae.summaries): stages, evaluations shaped
-    for imae.comparison, training curves, what is pending; a folder without a manifest is an error naming the fix."""
-    from imae import comparison as cmp
-    from imae.summaries import load_campaign
+    """A collected campaign reads back (imae.campaign.results, through imae.companion.summaries): stages,
+    evaluations shaped for imae.companion.comparison, training curves, what is pending; a folder without a manifest
+    is an error naming the fix."""
+    from imae.companion import comparison as cmp
+    from imae.companion.summaries import load_campaign
     from imae.errors import ImaeError
 
     camp = load_campaign("tiny", root=repo)
@@ -676,7 +677,7 @@ def test_stored_results_read_back_for_the_book(repo):
 
 def test_paper_scale_chapter_renders_from_stored_results(repo, tmp_path):
     """The book's paper-scale chapter executes on a collected campaign alone (no training, no evaluation)."""
-    from imae.reproduce import run_notebook
+    from imae.companion.reproduce import run_notebook
 
     results = tmp_path / "results"
     out = run_notebook("paper_scale", {"campaign_dir": str(repo), "results_dir": str(results)}, root=REPO,
@@ -691,8 +692,8 @@ def test_paper_scale_chapter_renders_from_stored_results(repo, tmp_path):
 def test_paper_scale_chapter_records_the_later_stages_for_the_findings(later, tmp_path):
     """With the later stages collected, the chapter's record holds what the Findings page judges: the
     equal-compute differences, same-class against random pairs, and fine-tuning."""
-    from imae import findings
-    from imae.reproduce import run_notebook
+    from imae.companion import findings
+    from imae.companion.reproduce import run_notebook
 
     results = tmp_path / "results"
     run_notebook("paper_scale", {"campaign_dir": str(later["root"] / "campaign" / "tiny"),
@@ -714,7 +715,7 @@ def test_paper_scale_chapter_records_the_later_stages_for_the_findings(later, tm
 def test_chapter_summaries_for_the_cpu_chapters(repo, tmp_path):
     """Each CPU-edition chapter's paper-scale box: a sentence from the intervals and a table where the campaign
     has results, the pending stage named where it has none, and no campaign at all said plainly."""
-    from imae.summaries import chapter_summary
+    from imae.companion.summaries import chapter_summary
 
     text, table = chapter_summary("classification", preset="tiny", root=repo)
     assert "linear probe" in text and "95 % CI" in text and "untrained encoder" in text

@@ -3,7 +3,7 @@ CPU edition's preset."""
 
 import torch
 
-from imae import experiments as ex
+from imae.companion import experiments as ex
 from imae.checkpoint import load_checkpoint
 from imae.config import build_config, fingerprint
 from imae.controls import PixelEncoder, pixel_run, untrained_run

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import imae.experiments as ex
+import imae.companion.experiments as ex
 from imae.errors import ImaeError
-from imae.reproduce import notebook_parameters, repo_root, write_status
+from imae.companion.reproduce import notebook_parameters, repo_root, write_status
 
 from .conftest import micro
 
@@ -69,7 +69,7 @@ def test_params_files_exist_for_every_documented_preset():
 def test_bands_draw_one_line_and_band_per_model_with_its_style():
     import pandas as pd
 
-    from imae import plots
+    from imae.companion import plots
 
     df = pd.DataFrame([{"model": m, "alpha": a, "mean": v, "lo": v - 0.1, "hi": v + 0.1}
                        for m, v in (("MAE", 0.3), ("i-MAE", 0.4), ("untrained", 0.2)) for a in (0.1, 0.5)])

@@ -288,7 +288,7 @@ LATE = [  # values that used to train for minutes (or fail at the end) before fa
 
 @pytest.mark.parametrize("params,words", LATE, ids=[next(iter(p)) + "-" + w.split()[0] for p, w in LATE])
 def test_notebook_values_are_checked_in_the_setup_cell(params, words):
-    from imae import notebook as nb
+    from imae.companion import notebook as nb
 
     with pytest.raises(ConfigError) as e:
         nb.setup({**params, "__name__": "__main__"})
@@ -312,7 +312,7 @@ def test_notebook_checks_give_the_command_lines_messages():
 
 
 def test_reproduce_checks_every_parameter_before_a_notebook_runs(tmp_path, monkeypatch, capsys):
-    from imae import reproduce
+    from imae.companion import reproduce
 
     ran = []
     monkeypatch.setattr(reproduce, "repo_root", lambda: tmp_path)
@@ -331,7 +331,7 @@ def test_a_failing_notebook_is_one_line_and_leaves_the_stored_one(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from imae import reproduce
+    from imae.companion import reproduce
 
     root = tmp_path / "repo"
     (root / "experiments").mkdir(parents=True)
@@ -606,7 +606,7 @@ def test_a_folder_where_nothing_was_trained_is_taken_over_but_results_are_not(to
 
 
 def test_a_figure_at_another_preset_never_replaces_a_chapter(tmp_path, monkeypatch):
-    from imae import reproduce
+    from imae.companion import reproduce
 
     seen = {}
     monkeypatch.setattr(reproduce, "repo_root", lambda: tmp_path)
@@ -631,7 +631,7 @@ def test_a_figure_at_another_preset_never_replaces_a_chapter(tmp_path, monkeypat
 
 
 def test_a_one_chapter_rerun_with_no_full_run_records_itself_as_such(tmp_path):
-    from imae.reproduce import write_performance, write_timings
+    from imae.companion.reproduce import write_performance, write_timings
 
     (tmp_path / "results").mkdir()
     write_timings(tmp_path / "results" / "reproduce_tiny.json", "tiny", {"separability": 30.0}, partial=True)

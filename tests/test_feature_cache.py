@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from imae import experiments
+from imae.companion import experiments
 from imae.metrics import clean_features, load_eval_data, load_model, make_pairs, mixture_features
 from imae.metrics import features as F
 from imae.metrics.features import FEATURES, use_feature_cache

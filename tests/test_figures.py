@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imae import plots
+from imae.companion import plots
 
 
 def _frame(models, alphas=(0.1, 0.3, 0.5)):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from imae import comparison as cmp
-from imae import findings, stats
+from imae.companion import comparison as cmp
+from imae.companion import findings, stats
 
 
 def _sep_result(rng, n=400, gain=0.0, n_alphas=3):
@@ -63,7 +63,7 @@ def test_ls_over_the_ceiling_is_resampled_as_one_ratio():
 
 
 def _ev(main, gate=(0.05, 0.03, 0.07), equal=None, seeds=3, metric="accuracy", **kw):
-    from imae.verdict import Evidence, Interval
+    from imae.companion.verdict import Evidence, Interval
     return Evidence(metric=metric, main=Interval(*main), gates={"MAE − untrained": Interval(*gate)}, n_seeds=seeds,
                     equal_compute=None if equal is None else Interval(*equal), **kw).as_dict()
 

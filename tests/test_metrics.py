@@ -678,7 +678,7 @@ def test_evaluation_items_are_written_and_read_back(mae_run, tmp_path):
     """items go to <what>_items.npz (not the JSON); experiments.cached_evaluation loads them back."""
     import shutil
 
-    from imae import experiments
+    from imae.companion import experiments
 
     run = tmp_path / "run"
     shutil.copytree(mae_run, run)

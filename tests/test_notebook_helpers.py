@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imae import notebook as nb
-from imae import plotdata, plots
+from imae.companion import notebook as nb
+from imae.companion import plotdata, plots
 from imae.errors import ConfigError
 
 
@@ -59,7 +59,7 @@ def test_frame_slider_is_self_contained():
 
 
 def test_alpha_sweep_starts_at_the_dominant_image(imae_run, mae_run):
-    from imae import experiments
+    from imae.companion import experiments
 
     frames = experiments.reconstruction_sweep(imae_run, alphas=[0.0, 0.25, 0.5], n_examples=2, device="cpu")
     assert list(frames) == [0.0, 0.25, 0.5]

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from imae.reproduce import CHAPTERS, NOTEBOOKS, build_book, run_notebook, write_performance, write_status
+from imae.companion.reproduce import CHAPTERS, NOTEBOOKS, build_book, run_notebook, write_performance, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_OVERRIDES = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
@@ -106,7 +106,7 @@ def test_findings_page_has_a_verdict_for_every_claim(executed_book):
     import pandas as pd
 
     html = (executed_book / "_build" / "html" / "findings.html").read_text()
-    from imae import verdict
+    from imae.companion import verdict
 
     table = pd.read_csv(executed_book / "book" / "results" / "findings.csv")
     assert len(table) == 6 and table["verdict"].notna().all()

@@ -8,11 +8,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from imae import notebook as nb
+from imae.companion import notebook as nb
 from imae.config import coerce
 from imae.errors import ConfigError
 from imae.parameters import PARAMETER_TYPES, check_parameters, parameters_in
-from imae.reproduce import NOTEBOOKS
+from imae.companion.reproduce import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """Nothing machine-specific is stored in the book: no absolute path of the machine that ran the notebooks, no
-file of its Python installation. :func:`imae.reproduce.scrub_notebook` (run after every notebook) makes the
+file of its Python installation. :func:`imae.companion.reproduce.scrub_notebook` (run after every notebook) makes the
 executed notebooks so; the scan below checks every stored file."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from imae import reproduce
-from imae.reproduce import run_notebook, scrub_notebook
+from imae.companion import reproduce
+from imae.companion.reproduce import run_notebook, scrub_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINE_PATHS = re.compile(
@@ -38,8 +38,8 @@ def machine_paths(folder: Path) -> list[str]:
 
 def test_the_book_stores_no_machine_paths():
     offenders = machine_paths(REPO / "book")
-    assert not offenders, (f"{len(offenders)} machine-specific path(s) in book/ (rerun the chapter with "
-                           f"`make figure`, or imae.reproduce.scrub_notebook it):\n" + "\n".join(offenders[:40]))
+    assert not offenders, (f"{len(offenders)} machine-specific path(s) in book/ (rerun the chapter with `make "
+                           f"figure`, or imae.companion.reproduce.scrub_notebook it):\n" + "\n".join(offenders[:40]))
 
 
 def test_the_scan_finds_what_it_looks_for(tmp_path):

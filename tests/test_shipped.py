@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imae import shipped
-from imae.experiments import cached_run
+from imae.companion.experiments import cached_run
 
 MICRO = {"data.download": False, "model.embed_dim": 32, "model.depth": 2, "model.num_heads": 2,
          "model.decoder_embed_dim": 32, "model.decoder_depth": 1, "model.decoder_num_heads": 2,

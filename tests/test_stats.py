@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imae import stats
-from imae.stats import Items
+from imae.companion import stats
+from imae.companion.stats import Items
 
 
 def _coverage(make, truth, trials=200, n_boot=300):

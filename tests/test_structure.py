@@ -1,8 +1,9 @@
-"""The package reads top to bottom: imports follow the data flow one way, and no two modules import each other
-(directly or round a longer loop), counting imports inside functions too. The campaign imports none of the
-notebooks' glue; no module of the library runs git to change the repository; and no tracked file names a path
-outside the repository, or how this repository's own GPU windows were obtained (that is no part of the library:
-tools/ holds what a size-limited remote machine needs, in general terms)."""
+"""The package reads top to bottom: its folders are its layers (imae/__init__.py names them), imports point down
+only, and no two modules import each other (directly or round a longer loop), counting imports inside functions
+too. The package root holds the engine and the edge and nothing else, so the book's glue stays in imae/companion/;
+the campaign imports none of it. No module of the library runs git to change the repository; and no tracked file
+names a path outside the repository, or how this repository's own GPU windows were obtained (that is no part of
+the library: tools/ holds what a size-limited remote machine needs, in general terms)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "imae"
 
-# What the notebooks and the command line use (the top of the package): nothing below may import these.
-TOP = {"imae.chapter", "imae.notebook", "imae.experiments", "imae.comparison", "imae.plots", "imae.plotdata",
-       "imae.findings", "imae.summaries", "imae.reproduce", "imae.cli", "imae.evaluate_cli"}
-# The engine and the measurements underneath them.
-BELOW = ("imae.config", "imae.errors", "imae.runs", "imae.checkpoint", "imae.devices", "imae.parameters",
-         "imae.controls", "imae.train", "imae.data", "imae.models", "imae.metrics", "imae.design", "imae.paths")
-# The notebooks' and the book's glue: what turns results into chapters. The campaign trains, evaluates and stores;
-# it imports none of these (the book reads the campaign through imae.summaries, not the other way round).
-GLUE = {"imae.chapter", "imae.notebook", "imae.experiments", "imae.comparison", "imae.plots", "imae.plotdata",
-        "imae.findings", "imae.summaries", "imae.parameters", "imae.reproduce", "imae.cards"}
+# The engine, at the package root: configuration, runs, checkpoints, training, the evaluation registry, weights.
+ENGINE = {"imae.config", "imae.errors", "imae.paths", "imae.design", "imae.mixing", "imae.schedule", "imae.devices",
+          "imae.distributed", "imae.losswindow", "imae.checkpoint", "imae.runs", "imae.parameters", "imae.controls",
+          "imae.train", "imae.evaluations", "imae.pretrained", "imae.shipped"}
+# The measurements, under the engine's modules and beside them (the metrics read the registry, the run files).
+MEASUREMENTS = ("imae.models", "imae.data", "imae.metrics")
+# The edge, also at the root: the command line, the timm export and the model cards it writes (which quote the
+# book's measurements). It may import every layer; nothing else imports it.
+EDGE = {"imae.__main__", "imae.cli", "imae.evaluate_cli", "imae.export", "imae.cards"}
+SUBPACKAGES = {"models", "data", "metrics", "campaign", "companion"}
+# The layers, bottom up: a module imports its own layer or one below it.
+LAYERS = ("engine and measurements", "campaign", "companion", "edge")
+# The notebooks' parameter table is the engine's (the metrics check alphas with it), but no business of the campaign.
+NOT_FOR_THE_CAMPAIGN = ("imae.companion", "imae.parameters")
+
+
+def layer(module: str) -> int:
+    """The index in :data:`LAYERS` of a module of the package."""
+    if module in EDGE:
+        return 3
+    if module == "imae.companion" or module.startswith("imae.companion."):
+        return 2
+    if module == "imae.campaign" or module.startswith("imae.campaign."):
+        return 1
+    if module in ENGINE or module.startswith(MEASUREMENTS):
+        return 0
+    raise AssertionError(f"{module} is in no layer. Fix: put it in imae/companion/ (the book's glue), a subpackage, "
+                         f"or name it in ENGINE or EDGE of tests/test_structure.py")
 
 
 def _modules() -> dict[str, Path]:
@@ -110,9 +129,10 @@ def test_the_cycle_finder_finds_a_loop():
 
 def test_the_graph_sees_function_level_and_relative_imports():
     edges = import_graph()
-    assert "imae.train" in edges["imae.experiments"]  # imported inside cached_run
+    assert "imae.train" in edges["imae.companion.experiments"]  # imported inside cached_run
     assert "imae.evaluate_cli" in edges["imae.cli"]  # inside build_parser
     assert "imae.metrics.features" in edges["imae.metrics.separability"]  # from .features import ...
+    assert "imae.evaluations" in edges["imae.companion.stats"]  # from ..evaluations import ...
 
 
 def test_the_package_has_no_import_cycle():
@@ -121,11 +141,22 @@ def test_the_package_has_no_import_cycle():
                        f"imae/runs.py or imae/config.py) so the imports go one way")
 
 
-def test_nothing_below_the_notebook_layer_imports_it():
+def test_the_package_root_holds_the_engine_the_edge_and_the_subpackages():
+    modules = {f"imae.{p.stem}" for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    stray = sorted(modules - ENGINE - EDGE)
+    assert not stray, (f"modules at the package root that are neither the engine nor the edge: {stray}. Fix: the "
+                       f"book's glue goes in imae/companion/; a new engine module is named in ENGINE here")
+    assert not (ENGINE | EDGE) - modules, f"named but missing at the root: {sorted((ENGINE | EDGE) - modules)}"
+    assert folders == SUBPACKAGES, f"subpackages {sorted(folders)}, expected {sorted(SUBPACKAGES)}"
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
     edges = import_graph()
-    upward = {f"{m} -> {t}" for m, targets in edges.items() if m.startswith(BELOW) for t in targets if t in TOP}
-    assert not upward, (f"modules of the engine or the metrics import notebook-facing modules: {sorted(upward)}. "
-                        f"Fix: move the needed function into a lower module")
+    upward = sorted(f"{m} ({LAYERS[layer(m)]}) -> {t} ({LAYERS[layer(t)]})" for m, targets in edges.items()
+                    for t in targets if m != "imae" and layer(t) > layer(m))
+    assert not upward, (f"modules import a layer above their own: {upward}. Fix: move the needed function into a "
+                        f"lower module")
 
 
 def test_the_command_line_is_a_parent_and_its_evaluate_subcommand_a_child():
@@ -136,7 +167,7 @@ def test_the_command_line_is_a_parent_and_its_evaluate_subcommand_a_child():
 def test_the_campaign_imports_no_notebook_glue():
     edges = import_graph()
     glue = {f"{m} -> {t}" for m, targets in edges.items() if m.startswith("imae.campaign") for t in targets
-            if t in GLUE}
+            if t.startswith(NOT_FOR_THE_CAMPAIGN)}
     assert not glue, (f"the campaign imports the notebooks' glue: {sorted(glue)}. Fix: move what it needs into a "
                       f"lower module (the experiment design is imae/design.py, stored results load with imae.runs)")
 
@@ -144,7 +175,7 @@ def test_the_campaign_imports_no_notebook_glue():
 # ----------------------------------------------------------------------------------------- git and paths
 # Subcommands that only read the repository, and the modules allowed them: the execution stamp names the commit
 # a chapter was computed at. Nothing in the library changes git's index, work tree or refs.
-READ_ONLY_GIT = {("imae.reproduce", "rev-parse"), ("imae.reproduce", "status")}
+READ_ONLY_GIT = {("imae.companion.reproduce", "rev-parse"), ("imae.companion.reproduce", "status")}
 GIT_GLOBAL_OPTIONS_WITH_VALUE = ("-C", "-c", "--git-dir", "--work-tree")
 
 

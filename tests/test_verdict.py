@@ -1,14 +1,15 @@
-"""The verdict rule (imae.verdict) on synthetic evidence: every branch, and each artefact the rule exists for."""
+"""The verdict rule (imae.companion.verdict) on synthetic evidence: every branch, and each artefact the rule exists
+for."""
 
 import json
 
 import numpy as np
 import pytest
 
-from imae import comparison as cmp
-from imae import findings, stats, verdict
-from imae.stats import Items
-from imae.verdict import Evidence, Interval, judge
+from imae.companion import comparison as cmp
+from imae.companion import findings, stats, verdict
+from imae.companion.stats import Items
+from imae.companion.verdict import Evidence, Interval, judge
 
 UP = Interval(0.05, 0.03, 0.07)  # clearly above 0 and above the smallest R² effect
 MAE_LEARNS = {"MAE − untrained": Interval(0.03, 0.01, 0.05)}

@@ -1,7 +1,7 @@
 """``python -m imae campaign``: one window of the campaign, or ``--collect`` / ``--list`` of its results.
 
 Kept apart from :mod:`imae.cli`, which only calls :func:`add_campaign_parser`; nothing but the standard
-library is imported until the command runs.
+library (and the configuration, which imports no more, for the presets' names) is imported until the command runs.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def add_campaign_parser(sub) -> argparse.ArgumentParser:
 
 def add_window_arguments(p: argparse.ArgumentParser) -> None:
     """The options of one window (shared by every command that runs one)."""
-    p.add_argument("--preset", default="cifar", help="config preset (default cifar)")
+    from ..config import PRESETS  # no torch: the parser works without it
+
+    p.add_argument("--preset", default="cifar", help=" | ".join(PRESETS) + " (default cifar)")
     p.add_argument("--budget-s", type=float, default=500.0,
                    help="wall seconds for the whole command, counted from the process start (default 500); under "
                         "a scheduler's time limit, a few minutes less than the job's limit")

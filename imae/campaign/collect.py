@@ -88,7 +88,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
 
 
 F16_MAX = 60_000.0  # below float16's largest finite value (65,504), with room for rounding
-# Per-item arrays no metric reads (imae.comparison): the separability JSON keeps their means.
+# Per-item arrays no metric reads (imae.companion.comparison): the separability JSON keeps their means.
 UNREAD_ITEMS = ("/centred_cosine",)
 # Per-item arrays of the class-token feature: the book reads the mean-pooled one (``pool = "mean"``); the
 # class token's summaries stay in each evaluation's JSON. Dropped to keep the repository small.
@@ -103,7 +103,8 @@ def compact_items(path: str | os.PathLike, *, display: bool = False) -> dict:
     about 1e-5: far below its width. Arrays no metric reads (``UNREAD_ITEMS``) are dropped, and so are the
     class-token pool's (``UNCOMMITTED_POOLS``): the book reads the mean-pooled feature. ``display``
     (example images, ``*_examples.npz``, which only figures show): float16 wherever the values are finite and
-    in range, tiny values included (an absolute error under 1e-7 of a pixel in [0, 1]). The arrays load back as float32 (:func:`imae.experiments.cached_evaluation`).
+    in range, tiny values included (an absolute error under 1e-7 of a pixel in [0, 1]). The arrays load back as
+    float32 (:func:`imae.companion.experiments.cached_evaluation`).
 
     Returns {"before": bytes, "after": bytes, "kept_float32": [names]}. The file is replaced atomically."""
     import numpy as np

@@ -1,11 +1,12 @@
-"""The stored results of a campaign, read on any machine (the book reads them through :mod:`imae.summaries`).
+"""The stored results of a campaign, read on any machine (the book reads them through :mod:`imae.companion.summaries`).
 
 Everything here reads ``campaign/<preset>/`` (the manifest, ``results/<stage>/...``, ``weights/``) as
 :func:`imae.campaign.collect.collect` left it; nothing trains or evaluates. ::
 
     from imae.campaign.results import CampaignResults, campaign_folder
     c = CampaignResults(campaign_folder("cifar"))
-    c.evaluations("knn")       # {"MAE": [result], "i-MAE": [result], "untrained": [result]} for imae.comparison
+    c.evaluations("knn")       # {"MAE": [result], "i-MAE": [result], "untrained": [result]}, for
+                               # imae.companion.comparison
     c.stage_table()            # one row per stage: status, epochs, wall time, device
     c.throughput()             # the throughput benchmark's rows, or None
 
@@ -24,7 +25,7 @@ import pandas as pd
 from ..errors import ImaeError
 from ..paths import repo_root
 
-# Model names in the campaign's evaluation stage -> the labels imae.comparison pairs (DIFFERENCES).
+# Model names in the campaign's evaluation stage -> the labels imae.companion.comparison pairs (DIFFERENCES).
 LABELS = {"mae": "MAE", "imae": "i-MAE", "mae-continued": "MAE continued", "untrained": "untrained"}
 
 
@@ -81,7 +82,7 @@ class CampaignResults:
 
     # ----------------------------------------------------------------------------------------- results
     def run_dir(self, stage: str) -> Path:
-        """``results/<stage>``: the stage's config.yaml and metrics.jsonl (a run folder for imae.plots)."""
+        """``results/<stage>``: the stage's config.yaml and metrics.jsonl (a run folder for imae.companion.plots)."""
         path = self.folder / "results" / stage
         if not (path / "metrics.jsonl").is_file():
             raise ImaeError(f"{path} holds no metrics.jsonl: stage {stage!r} has no results yet (no window finished it)")
@@ -107,7 +108,7 @@ class CampaignResults:
         return load_result(f) if f.is_file() else None
 
     def evaluations(self, what: str, *, stage: str = "eval", seeds: bool = False) -> dict[str, list[dict]]:
-        """{label: [result per training seed]} shaped for :mod:`imae.comparison`.
+        """{label: [result per training seed]} shaped for :mod:`imae.companion.comparison`.
 
         ``seeds=False`` (default): training seed 0, every model that has ``what``: the MAE, the i-MAE and the
         untrained encoder (stage ``stage``) and the equal-compute MAE (stage ``mae-continued``), one result each.

@@ -1,7 +1,7 @@
 """Run the experiment notebooks with papermill, in dependency order, into the book; then build the book.
 
 ``python -m imae reproduce --preset tiny`` runs every notebook; ``--only separability`` reruns one figure.
-Trained runs and evaluations are cached (see :mod:`imae.experiments`), so a single figure reuses the
+Trained runs and evaluations are cached (see :mod:`imae.companion.experiments`), so a single figure reuses the
 pretraining that ``pretrain.ipynb`` did. Parameters for a preset come from ``experiments/params/<preset>.yaml``
 when it exists. The executed notebooks land in ``book/`` (the copies the book renders), their JSON records in
 ``book/results/``; ``book/status_table.md`` is regenerated from those records.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import GPU_PRESETS
-from .errors import ImaeError
-from .paths import repo_root
+from ..config import GPU_PRESETS
+from ..errors import ImaeError
+from ..paths import repo_root
 
 NOTEBOOKS = ("pretrain", "reconstruction", "separability", "semantics", "classification", "ablations", "paper_scale",
              "findings")
@@ -63,7 +63,7 @@ def notebook_parameters(preset: str, root: Path, extra: dict | None = None) -> d
 def check_notebook_parameters(params: dict) -> dict:
     """The parameters every notebook gets, checked as their setup cells check them (types, values, the preset,
     overrides), before a kernel starts: a wrong value is one line in a second, not a papermill traceback."""
-    from .parameters import check_parameters
+    from ..parameters import check_parameters
 
     return check_parameters(**params)
 

@@ -25,19 +25,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+# The headline alpha is the registry's (its summaries quote it too); the chapters call it as stats.headline_index.
+from ..evaluations import HEADLINE_ALPHA, headline_index  # noqa: F401
+
 LEVEL = 0.95
 N_BOOT = 1000
 
 KINDS = ("accuracy", "r2", "r2_ratio", "mean")
-HEADLINE_ALPHA = 0.3  # the subordinate weight every chapter's answer and the Findings page quote
-
-
-def headline_index(alphas: Sequence[float]) -> int:
-    """The index of the alpha nearest :data:`HEADLINE_ALPHA` in ``alphas`` (the lower one on a tie): the one
-    lookup every chapter, the Findings page and the campaign's summaries use."""
-    if not len(alphas):
-        raise ValueError("no alphas to pick the headline alpha from")
-    return min(range(len(alphas)), key=lambda i: (abs(float(alphas[i]) - HEADLINE_ALPHA), float(alphas[i])))
 
 
 def below_half(alphas: Sequence[float]) -> list[int]:

@@ -7,7 +7,7 @@ their options. The names say "cached" because the functions underneath always co
 :func:`imae.train.pretrain` trains and :func:`imae.metrics.evaluate` evaluates, every time they are called.
 
 Elsewhere: the notebooks' parameter checks are :mod:`imae.parameters`, the shaping of results for figures is
-:mod:`imae.plotdata`, the device description is :func:`imae.devices.describe_device`, and where the runs live
+:mod:`imae.companion.plotdata`, the device description is :func:`imae.devices.describe_device`, and where the runs live
 is :func:`imae.runs.runs_root`.
 """
 
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_path, load_checkpoint, teacher_fingerprint
-from .config import RunConfig, build_config, fingerprint
-from .devices import describe_device
-from .errors import ImaeError
-from .metrics.features import use_feature_cache
-from .design import ABLATIONS  # noqa: F401 (the notebooks' ex.ABLATIONS)
-from .runs import load_result, read_run_config, runs_root
+from ..checkpoint import checkpoint_path, load_checkpoint, teacher_fingerprint
+from ..config import RunConfig, build_config, fingerprint
+from ..devices import describe_device
+from ..errors import ImaeError
+from ..metrics.features import use_feature_cache
+from ..design import ABLATIONS  # noqa: F401 (the notebooks' ex.ABLATIONS)
+from ..runs import load_result, read_run_config, runs_root
 
 
 def standard_runs(preset: str, *, dataset=None, data_root=None, mae_epochs=None, imae_epochs=None,
@@ -104,8 +104,8 @@ def cached_run(preset: str, method: str, *, runs_dir=None, teacher=None, progres
         teacher: i-MAE's MAE teacher (run directory).
         **overrides: config overrides, as :func:`imae.config.build_config`.
     """
-    from . import shipped
-    from .train import pretrain
+    from .. import shipped
+    from ..train import pretrain
 
     cfg = config_for(preset, method, teacher=teacher, **overrides)
     run_dir = run_dir_for(cfg, runs_dir)
@@ -131,8 +131,8 @@ def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
     ``<runs>/.features`` (keyed by the weights' and images' content, see
     :class:`imae.metrics.features.FeatureCache`), so the metrics of one model encode its images once.
     """
-    from . import __version__, metrics
-    from .data.datasets import data_root as resolve_root
+    from .. import __version__, metrics
+    from ..data.datasets import data_root as resolve_root
 
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
@@ -179,11 +179,11 @@ def reconstruction_sweep(run_dir: str | os.PathLike, *, alphas=None, n_examples:
                          data_root=None, max_images=None, seed: int = 0, device="auto") -> dict:
     """Example images across the alpha sweep (default 0, 0.05, ..., 0.5) for the model of ``run_dir`` (an
     i-MAE with its teacher's single reconstruction beside it): {alpha: examples}, for
-    :func:`imae.plotdata.reconstruction_rows` (as ``{"examples": {alpha: examples}}``). Seconds on a CPU;
+    :func:`imae.companion.plotdata.reconstruction_rows` (as ``{"examples": {alpha: examples}}``). Seconds on a CPU;
     not cached."""
-    from .metrics.features import load_eval_data
-    from .metrics.loading import load_model, load_reference, resolve_device
-    from .metrics.reconstruction import SWEEP_ALPHAS, alpha_sweep
+    from ..metrics.features import load_eval_data
+    from ..metrics.loading import load_model, load_reference, resolve_device
+    from ..metrics.reconstruction import SWEEP_ALPHAS, alpha_sweep
 
     dev = resolve_device(device)
     model = load_model(run_dir, device=dev)

@@ -1,6 +1,6 @@
 """Results shaped for the figures and tables: plain data (frames, rows of images), no drawing.
 
-:mod:`imae.plots` draws what these functions return; keeping the shaping apart lets it be tested without
+:mod:`imae.companion.plots` draws what these functions return; keeping the shaping apart lets it be tested without
 matplotlib and read next to the figure it feeds.
 """
 
@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .runs import read_metrics
+from ..runs import read_metrics
 
 # The columns of a reconstruction example row: (key in the examples, column title).
 RECONSTRUCTION_COLUMNS = (("x_sub", "subordinate"), ("x_dom", "dominant"), ("x_mix", "mixture"),
@@ -26,7 +26,7 @@ def metrics_frame(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def loss_summary(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Mean of every logged loss term over the first and the last epoch of a run, and their ratio:
-    the pretraining chapter's table, and what :func:`imae.notebook.training_answer` judges."""
+    the pretraining chapter's table, and what :func:`imae.companion.notebook.training_answer` judges."""
     df = metrics_frame(run_dir)
     epoch = (df["epoch"] - 1e-9).clip(lower=0).astype(int)  # the step ending epoch e counts in epoch e
     first, last = df[epoch == epoch.min()], df[epoch == epoch.max()]
@@ -37,7 +37,7 @@ def loss_summary(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def reconstruction_rows(result: dict, *, per_alpha: int = 2) -> tuple[dict, list[str]]:
-    """Rows for :func:`imae.plots.image_grid` from a reconstruction result's examples (``result["examples"]``,
+    """Rows for :func:`imae.companion.plots.image_grid` from a reconstruction result's examples (``result["examples"]``,
     {alpha: examples}): ({row label: [7 images]}, column titles).
 
     The "encoder input" column is the mixture with the removed patches grey: all the encoder sees. The

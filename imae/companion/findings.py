@@ -1,7 +1,7 @@
-"""The Findings page: each claim of the paper judged by ONE rule (:mod:`imae.verdict`) at each scale.
+"""The Findings page: each claim of the paper judged by ONE rule (:mod:`imae.companion.verdict`) at each scale.
 
 Every chapter notebook writes, in its record (``<results>/<chapter>.json``), a ``claims`` section: for each
-claim it measures, the :class:`imae.verdict.Evidence` the rule needs (the paired difference, the gate on the
+claim it measures, the :class:`imae.companion.verdict.Evidence` the rule needs (the paired difference, the gate on the
 same metric, the equal-compute difference, the number of training seeds, secondary columns). The paper-scale
 chapter writes the same section from the GPU campaign's stored results. This module only collects that
 evidence and judges it, so the CPU edition and paper scale are judged alike, by code under test.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import PRESETS
+from ..config import PRESETS
 from .verdict import Evidence, judge
 
 SCALES = tuple(PRESETS)  # smallest to largest

@@ -18,7 +18,7 @@ in this order:
 5. *Seeds*: with one training seed a detected difference is at most ``suggestive (one training seed)``
    (or ``suggestive of the opposite (one training seed)``).
 
-Across α the caller passes evidence on the α-AVERAGED difference (one test; :func:`imae.stats.difference`'s
+Across α the caller passes evidence on the α-AVERAGED difference (one test; :func:`imae.companion.stats.difference`'s
 ``reduce``), never a count of per-α calls.
 """
 
@@ -58,7 +58,7 @@ class Interval:
 
     @classmethod
     def of(cls, d, k: int | None = None) -> "Interval":
-        """From an :class:`imae.stats.Estimate`, its ``as_dict()`` record or a ``(mean, lo, hi)`` tuple, at
+        """From an :class:`imae.companion.stats.Estimate`, its ``as_dict()`` record or a ``(mean, lo, hi)`` tuple, at
         index ``k`` of a per-α one."""
         import numpy as np
 

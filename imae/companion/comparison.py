@@ -1,5 +1,5 @@
 """Model comparisons as every chapter shows them: the models over training seeds, their controls, means
-with 95 % intervals and paired differences (:mod:`imae.stats`).
+with 95 % intervals and paired differences (:mod:`imae.companion.stats`).
 
 The ARMS of a comparison are labelled lists of run directories, one per training seed, aligned by seed:
 
@@ -39,7 +39,7 @@ def main_arms(preset: str, seeds: Sequence[int] = (0,), *, dataset=None, data_ro
               imae_epochs=None, same_prob: float = 1.0, overrides: dict | None = None, runs_dir=None,
               device: str = "auto", equal_compute: bool = True, controls: bool = True) -> dict[str, list[Path]]:
     """Train (or reuse) the main comparison for every seed and return its arms (see the module docstring)."""
-    from .controls import pixel_run, untrained_run
+    from ..controls import pixel_run, untrained_run
     from .experiments import comparison_runs
 
     runs = comparison_runs(preset, seeds, dataset=dataset, data_root=data_root, mae_epochs=mae_epochs,
@@ -59,7 +59,7 @@ def main_arms(preset: str, seeds: Sequence[int] = (0,), *, dataset=None, data_ro
 def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
                   references: Sequence[str | os.PathLike] | None = None, skip: Sequence[str] = (),
                   **options) -> dict[str, list[dict]]:
-    """``what`` for every arm and seed, cached (:func:`imae.experiments.cached_evaluation`):
+    """``what`` for every arm and seed, cached (:func:`imae.companion.experiments.cached_evaluation`):
     {label: [result per seed]}.
 
     Args:
@@ -71,7 +71,7 @@ def evaluate_arms(arms: Mapping[str, Sequence[str | os.PathLike]], what: str, *,
         **options: evaluation options (the same for every arm, so all see the same pairs).
     """
     from .experiments import cached_evaluation
-    from .runs import read_run_config
+    from ..runs import read_run_config
 
     needs_ref = what in ("separability", "reconstruction")
     refs = list(references if references is not None else arms["MAE"]) if needs_ref else []
@@ -246,11 +246,11 @@ def evidence(results: Mapping[str, Sequence[dict]], metric: Callable[[dict], Ite
              claimed: str = "i-MAE", base: str = "MAE", equal: str | None = "MAE continued",
              control: str = "untrained", reduce=None, gates: Mapping[str, Estimate | None] | None = None,
              details: Mapping[str, Estimate] | None = None, notes: Sequence[str] = ()) -> Evidence:
-    """What the verdict rule (:mod:`imae.verdict`) judges a claim "``claimed`` beats ``base`` on ``metric``"
+    """What the verdict rule (:mod:`imae.companion.verdict`) judges a claim "``claimed`` beats ``base`` on ``metric``"
     on, from per-item results {arm: [result per seed]}: the paired ``claimed − base``, the gate ``base −
     control`` on the SAME metric (None: only the given ``gates``) plus any extra ``gates``, ``claimed − equal`` (the equal-compute control;
     None where that arm is absent or ``equal`` is None, which also marks the claim as one where compute was
-    equal by design), all with the same ``reduce`` (e.g. :func:`imae.stats.alpha_mean`). ``kind``: ``r2`` |
+    equal by design), all with the same ``reduce`` (e.g. :func:`imae.companion.stats.alpha_mean`). ``kind``: ``r2`` |
     ``accuracy`` | ``psnr``. ``details``: estimates shown beside the verdict, never judged."""
     def diff(a: str, b: str) -> Estimate:
         if len(results[a]) != len(results[b]):

@@ -1,8 +1,8 @@
 """The paper-scale boxes and the paper-scale chapter's reading of the campaign: book prose from stored results.
 
-Beside :mod:`imae.comparison` and :mod:`imae.findings`: the campaign (:mod:`imae.campaign`) trains, evaluates
-and stores; this module reads what it stored (:class:`imae.campaign.results.CampaignResults`) and says it the
-way the book does.
+Beside :mod:`imae.companion.comparison` and :mod:`imae.companion.findings`: the campaign (:mod:`imae.campaign`)
+trains, evaluates and stores; this module reads what it stored (:class:`imae.campaign.results.CampaignResults`)
+and says it the way the book does.
 
 * :func:`load_campaign`: the stored campaign of a preset as a :class:`PaperScale`, which adds the book's
   comparisons (:meth:`PaperScale.compare`) and training rates to the stored results;
@@ -18,10 +18,10 @@ import pandas as pd
 
 from . import comparison as cmp
 from . import stats
-from .campaign.results import CampaignResults, campaign_folder
-from .campaign.stages import ablation_stage, default_stages, same_prob_stage
-from .design import SAME_PROB_VARIANTS
-from .errors import ImaeError
+from ..campaign.results import CampaignResults, campaign_folder
+from ..campaign.stages import ablation_stage, default_stages, same_prob_stage
+from ..design import SAME_PROB_VARIANTS
+from ..errors import ImaeError
 from .plotdata import loss_summary, metrics_frame
 
 

@@ -1,6 +1,6 @@
 """Figures used by the notebooks. Every function returns a matplotlib Figure and never calls ``show``
 (except :func:`frame_slider`, which returns a self-contained HTML slider over pre-rendered figures).
-The data they draw is shaped in :mod:`imae.plotdata`."""
+The data they draw is shaped in :mod:`imae.companion.plotdata`."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ ARM_STYLES = {  # the models and their controls, in every plot with intervals
 def bands(df: pd.DataFrame, *, ylabel: str, title: str = "", x: str = "alpha", chance: float | None = None,
           ax=None, xlabel: str | None = None, zero: bool = False):
     """Mean lines with shaded 95 % intervals, one per model/control, from a tidy table with columns
-    ``model``, ``x``, ``mean``, ``lo``, ``hi`` (:func:`imae.comparison.frame`)."""
+    ``model``, ``x``, ``mean``, ``lo``, ``hi`` (:func:`imae.companion.comparison.frame`)."""
     plt = _plt()
     own = ax is None
     if own:
