@@ -113,3 +113,13 @@ def test_moves_text_groups_by_variant_and_drops_noise():
              ("no distillation", "LS"): (-0.2, -0.1), ("no distillation", "PSNR"): (-0.5, 0.5)}
     assert stats.moves_text(moves) == "mask 0.5: LS higher, PSNR lower; no distillation: LS lower"
     assert stats.moves_text({("a", "m"): (-1.0, 1.0)}) == ""
+
+
+def test_a_lower_sentence_gives_the_amount_and_its_interval_with_one_sign():
+    from imae.companion.stats import Estimate
+
+    d = Estimate(mean=np.array(-12.36), lo=np.array(-12.50), hi=np.array(-12.22), n_seeds=3, n_items=100)
+    text = stats.compare_text("the branch", "the mixture", d, unit=" dB", fmt=".2f")
+    assert text == "the branch is lower than the mixture by 12.36 dB (95 % CI 12.22 to 12.50 dB, 3 training seeds)"
+    up = Estimate(mean=np.array(0.031), lo=np.array(0.012), hi=np.array(0.050), n_seeds=3, n_items=100)
+    assert stats.compare_text("i-MAE", "MAE", up).endswith("by 0.031 (95 % CI 0.012 to 0.050, 3 training seeds)")

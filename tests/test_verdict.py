@@ -170,5 +170,7 @@ def test_findings_judge_each_scale_with_the_same_rule(tmp_path):
     assert paper.loc[findings.CLAIMS[4].claim, "equal compute"] == "not run yet"
     assert "10 + i-MAE 4 epochs, 3 training seeds" in findings.scale_line(tmp_path, "cpu")
     assert "MAE 55 + i-MAE 33 epochs, 1 training seed," in findings.scale_line(tmp_path, "paper")
+    # the caller labels the scale ("**CPU edition:** ..."), so the line does not repeat it
+    assert all(findings.scale_line(tmp_path, s).startswith("`") for s in ("cpu", "paper"))
     with pytest.raises(ValueError):
         findings.findings(tmp_path, "gpu")

@@ -143,7 +143,8 @@ def findings(results_dir: str | Path, scale: str = "cpu") -> pd.DataFrame:
 
 
 def scale_line(results_dir: str | Path, scale: str = "cpu") -> str:
-    """One line of provenance for a table: preset, data, epochs, training seeds, hardware."""
+    """One line of provenance for a table: preset, data, epochs, training seeds, hardware (without the scale's
+    name: the caller labels it)."""
     records = load_records(results_dir)
     if scale == "paper":
         got = largest(records.get(PAPER_SCALE, {}))
@@ -152,7 +153,7 @@ def scale_line(results_dir: str | Path, scale: str = "cpu") -> str:
         rec = got[1]
         runs = rec.get("runs", {})
         seeds = rec.get("n_seeds", 1)
-        return (f"paper scale: `{rec.get('preset')}` preset, ViT-Tiny/2 on all 50,000 CIFAR-10 training images, MAE "
+        return (f"`{rec.get('preset')}` preset, ViT-Tiny/2 on all 50,000 CIFAR-10 training images, MAE "
                 f"{runs.get('mae', {}).get('epochs', '?')} + i-MAE {runs.get('imae', {}).get('epochs', '?')} epochs, "
                 f"{seeds} training seed{'s' if seeds != 1 else ''}, {rec.get('hardware', '?')}")
     got = largest(records.get("separability", {}), "claims") or largest(records.get("classification", {}))
@@ -165,7 +166,7 @@ def scale_line(results_dir: str | Path, scale: str = "cpu") -> str:
     seeds = rec.get("seeds") or [0]
     images = mae.get("train_images", "?")
     images = "all" if images == "all" else f"{images}"
-    return (f"CPU edition: `{rec.get('preset')}` preset, {mae.get('dataset', '?')} ({images} training images), "
+    return (f"`{rec.get('preset')}` preset, {mae.get('dataset', '?')} ({images} training images), "
             f"MAE {mae.get('epochs', '?')} + i-MAE {imae.get('epochs', '?')} epochs, {len(seeds)} training "
             f"seed{'s' if len(seeds) != 1 else ''}, {mae.get('hardware', '?')}")
 

@@ -200,14 +200,17 @@ def direction(lo: float, hi: float) -> str:
 def compare_text(name_a: str, name_b: str, diff: Estimate, *, index=(), scale: float = 1.0, unit: str = "",
                  fmt: str = ".3f") -> str:
     """A sentence on ``a - b`` at ``index`` generated from the interval, e.g.
-    "i-MAE is higher than MAE by 0.031 (95 % CI 0.012 to 0.050, 3 seeds)"."""
+    "i-MAE is higher than MAE by 0.031 (95 % CI 0.012 to 0.050, 3 seeds)"; "lower than ... by" gives the amount
+    and its interval as positive numbers."""
     m, lo, hi = (float(np.asarray(x)[index]) * scale for x in (diff.mean, diff.lo, diff.hi))
     seeds = f"{diff.n_seeds} training seeds" if diff.n_seeds > 1 else "one training seed, test-item resampling only"
-    ci = f"95 % CI {lo:{fmt}} to {hi:{fmt}}{unit}, {seeds}"
     d = direction(lo, hi)
     if d == "within noise":
+        ci = f"95 % CI {lo:{fmt}} to {hi:{fmt}}{unit}, {seeds}"
         return f"{name_a} and {name_b} are within noise of each other (difference {m:+{fmt}}{unit}; {ci})"
-    return f"{name_a} is {d} than {name_b} by {abs(m):{fmt}}{unit} ({ci})"
+    if d == "lower":  # "lower by" a positive amount, so its interval is of that amount too: no sign flip
+        m, lo, hi = -m, -hi, -lo
+    return f"{name_a} is {d} than {name_b} by {m:{fmt}}{unit} (95 % CI {lo:{fmt}} to {hi:{fmt}}{unit}, {seeds})"
 
 
 def moves_text(moves: Mapping[tuple[str, str], tuple[float, float]], *, baseline: str = "the baseline") -> str:
