@@ -246,3 +246,23 @@ def test_classifier_fits_compares_three_paths_on_the_same_problems(tmp_path):
     from imae.metrics import probes
 
     assert probes._lbfgs_fit is not classifier_fits.torch_lbfgs_fit  # the baseline is swapped back
+
+
+def test_the_execution_stamp_counts_code_changes_not_the_books_own_outputs(tmp_path):
+    import subprocess
+
+    from imae.companion.reproduce import _commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "chapter.ipynb").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "book" / "chapter.ipynb").write_text('{"executed": true}')  # what a rerun writes
+    assert "uncommitted" not in _commit(tmp_path)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _commit(tmp_path).endswith("(with uncommitted changes)")

@@ -178,12 +178,13 @@ STAMP_TAG = "execution-stamp"
 
 
 def _commit(root: Path) -> str:
-    """The checkout's commit (short), marked when files differ from it; "unknown" without git."""
+    """The checkout's commit (short), marked when the code, notebooks or parameters differ from it (files under
+    ``book/`` are what a rerun writes, so they do not count); "unknown" without git."""
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)book"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head} (with uncommitted changes)" if dirty else head
