@@ -125,7 +125,7 @@ def test_performance_page_shows_the_cpu_edition_and_a_from_scratch_reproduce(tmp
 
 
 def test_performance_page_says_when_a_reproduce_restored_its_runs_from_the_shipped_weights(tmp_path):
-    from imae.reproduce import write_performance
+    from imae.companion.reproduce import write_performance
 
     (tmp_path / "results").mkdir()
     rec = {"preset": "small", "cpu": "x", "torch_threads": 2, "notebooks_s": {"separability": 600.0},

@@ -217,9 +217,11 @@ def interval_points(df: pd.DataFrame, *, ylabel: str, title: str = "", group: st
         err = np.vstack([d["mean"] - d["lo"], d["hi"] - d["mean"]])
         ax.errorbar(xs, d["mean"], yerr=err, fmt=st.get("marker") or "o", color=st.get("color"), capsize=3,
                     label=model)
-        for xx, v in zip(xs, d["mean"]):
-            if np.isfinite(v):
-                ax.annotate(f"{v:.1f}", (xx, v), textcoords="offset points", xytext=(4, 0), fontsize=MIN_PT, va="center")
+        for xx, v, top in zip(xs, d["mean"], d["hi"]):
+            if np.isfinite(v):  # above the upper whisker, upright: beside it, it would run into the next arm's
+                ax.annotate(f"{v:.1f}", (xx, top if np.isfinite(top) else v), textcoords="offset points",
+                            xytext=(0, 3), fontsize=MIN_PT, ha="center", va="bottom", rotation=90)
+    ax.margins(y=0.18)  # room for the labels above the highest whisker
     if group:
         ax.set_xticks(np.arange(len(groups)), groups)
     else:
