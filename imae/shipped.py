@@ -9,12 +9,22 @@ shipped copy of exactly the configuration it asks for: where that run is not in 
 from the shipped files (seconds) instead of trained (minutes to an hour). The book's CPU edition is computed
 from these float16 weights, so a rerun from a fresh clone reproduces its numbers.
 
-``IMAE_RETRAIN=1`` (``make figure ... RETRAIN=1``) ignores the shipped runs and trains from scratch.
+Fine-tunes are evaluations that train (about two minutes each on 2 cores, twelve in the classification chapter),
+so their classifiers ship too: ``weights/<preset>/finetune/<run>-<key>.safetensors`` (float16: the encoder
+without its decoder, and the head) with ``<run>-<key>.json`` (recipe, curve, starting probe, where it trained;
+:func:`imae.metrics.finetune.finetune_record`). ``<key>`` hashes the run's name with the evaluation's resolved
+options (recipe, seed, test-image cap; not the device or the data root). :func:`finetune_for` finds the one a
+notebook asks for, and the fine-tune then scores those weights on the test images instead of training
+(``restore_from``); :func:`ship_finetunes` stores every fine-tune of a runs folder.
+
+``IMAE_RETRAIN=1`` (``make figure ... RETRAIN=1``) ignores the shipped runs and fine-tunes and trains from scratch.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -91,3 +101,61 @@ def restore(card: str | os.PathLike, run_dir: str | os.PathLike, cfg) -> Path:
         with gzip.open(log, "rb") as src, open(run_dir / "metrics.jsonl", "wb") as dst:
             shutil.copyfileobj(src, dst)
     return run_dir
+
+
+FINETUNE = "finetune"
+
+
+def finetune_key(run_name: str, options: dict) -> str:
+    """The shipped fine-tune's key: the run and the evaluation's resolved options (what the fine-tune's function
+    gets, with the test-image cap and dataset), without the device, the data root or ``restore_from``."""
+    from .metrics.evaluate import resolved_options
+
+    kwargs, data = resolved_options(FINETUNE, options)
+    kwargs.pop("restore_from", None)
+    blob = {"run": run_name, **kwargs, "dataset": data.get("dataset"), "max_images": data.get("max_images")}
+    text = json.dumps(blob, sort_keys=True, default=lambda x: list(x) if isinstance(x, tuple) else str(x))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def finetune_for(run_name: str, options: dict, *, root: str | os.PathLike | None = None) -> Path | None:
+    """The shipped classifier of the fine-tune of run ``run_name`` with ``options``, or None."""
+    preset = run_name.split("-", 1)[0]
+    path = Path(root or weights_root()) / preset / FINETUNE / f"{run_name}-{finetune_key(run_name, options)}.safetensors"
+    return path if path.is_file() else None
+
+
+def ship_finetune(eval_dir: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Path:
+    """Store the fine-tune evaluated in ``eval_dir`` (``<run>/eval/finetune-<hash>/``: ``finetune.json``, its
+    classifier and ``config.yaml``) under ``weights/<preset>/finetune/``; returns the classifier's path."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    from .errors import ImaeError
+    from .metrics.finetune import CLASSIFIER_FILE, finetune_record
+    from .runs import atomic_write_text
+
+    eval_dir = Path(eval_dir)
+    weights, result_file = eval_dir / CLASSIFIER_FILE, eval_dir / f"{FINETUNE}.json"
+    if not weights.is_file() or not result_file.is_file():
+        raise ImaeError(f"{eval_dir} holds no trained fine-tune ({CLASSIFIER_FILE} and {FINETUNE}.json). Fix: run "
+                        f"the fine-tune there first; a restored fine-tune is shipped already")
+    run_name = eval_dir.parent.parent.name
+    saved = yaml.safe_load((eval_dir / "config.yaml").read_text())["evaluations"][FINETUNE]
+    options = {**saved["options"], **{k: saved.get(k) for k in ("dataset", "max_images")}}
+    folder = Path(root or weights_root()) / run_name.split("-", 1)[0] / FINETUNE
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{run_name}-{finetune_key(run_name, options)}"
+    save_file({k: v.to(torch.float16) for k, v in load_file(str(weights)).items()}, str(folder / f"{name}.safetensors"))
+    record = {"run": run_name, **finetune_record(json.loads(result_file.read_text()))}
+    atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=1) + "\n")
+    return folder / f"{name}.safetensors"
+
+
+def ship_finetunes(runs_dir: str | os.PathLike, preset: str, *, root: str | os.PathLike | None = None) -> list[Path]:
+    """Ship every trained fine-tune of the ``preset`` runs in ``runs_dir`` (:func:`ship_finetune`)."""
+    from .metrics.finetune import CLASSIFIER_FILE
+
+    return [ship_finetune(f.parent, root=root)
+            for f in sorted(Path(runs_dir).glob(f"{preset}-*/eval/{FINETUNE}-*/{CLASSIFIER_FILE}"))]

@@ -2,6 +2,7 @@
 weights instead of training them, bit for bit as the book computed them; IMAE_RETRAIN=1 trains instead."""
 
 import gzip
+import importlib
 import json
 
 import pytest
@@ -94,3 +95,53 @@ def test_the_repositorys_shipped_runs_are_portable_and_verified():
         assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text, card
         verify(card)  # checksum of the weights file
         assert gzip.open(card.with_name(card.stem + ".metrics.jsonl.gz")).readline()
+
+
+FT = dict(epochs=1, batch_size=64, max_images=100, seed=0, device="cpu")
+
+
+def test_a_shipped_fine_tune_is_scored_not_trained(toy_root, tmp_path, monkeypatch):
+    """A fine-tune (an evaluation that trains) ships its classifier: a fresh clone scores those weights on the
+    test images and trains nothing; the accuracy is the trained one's (float16 weights), the record is kept;
+    another recipe is refused; IMAE_RETRAIN=1 trains again."""
+    from imae.companion.experiments import cached_evaluation
+    from imae.errors import ImaeError
+    ft_module = importlib.import_module("imae.metrics.finetune")  # the module (imae.metrics.finetune is the function)
+
+    monkeypatch.setattr(shipped, "weights_root", lambda: tmp_path / "weights")
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    opts = {**MICRO, "data.root": str(toy_root)}
+    mae = cached_run("tiny", "mae", runs_dir=tmp_path / "trained", progress=False, **opts)
+    trained = cached_evaluation(mae, "finetune", **FT)
+    assert "restored" not in trained
+    folder = next((mae / "eval").glob("finetune-*"))
+    assert (folder / ft_module.CLASSIFIER_FILE).is_file()  # the trained classifier is kept with the result
+    shipped.ship(mae)
+    [stored] = shipped.ship_finetunes(tmp_path / "trained", "tiny")
+    record = json.loads(stored.with_suffix(".json").read_text())
+    assert record["recipe"]["blr"] == trained["blr"] and record["accuracy"] == trained["accuracy"]
+    assert str(tmp_path) not in stored.with_suffix(".json").read_text()  # no machine paths
+    assert shipped.finetune_for(mae.name, {**FT, "device": "cuda", "data_root": "/elsewhere"}) == stored
+    assert shipped.finetune_for(mae.name, {**FT, "blr": 1e-3}) is None  # another recipe is another fine-tune
+
+    def refuse(*a, **k):
+        raise AssertionError("a fine-tuning step ran")
+
+    monkeypatch.setattr(ft_module, "probe_head", refuse)
+    monkeypatch.setattr(ft_module.torch.optim, "AdamW", refuse)
+    fresh = cached_run("tiny", "mae", runs_dir=tmp_path / "fresh", progress=False, **opts)
+    restored = cached_evaluation(fresh, "finetune", **FT)
+    assert restored["restored"]["file"] == stored.name
+    assert restored["restored"]["recorded_accuracy"] == trained["accuracy"]
+    n_test = restored["n_test"]
+    assert abs(restored["accuracy"] - trained["accuracy"]) <= 2 / n_test  # float16 weights: at most a flip or two
+    assert restored["curve"][0] == trained["curve"][0] and len(restored["curve"]) == len(trained["curve"])
+    assert restored["curve"][-1]["test_accuracy"] == restored["accuracy"]
+    assert restored["items"]["mean/correct"].shape == (n_test,)
+
+    with pytest.raises(ImaeError, match="another recipe.*blr stored 0.0002 != asked 0.001"):
+        cached_evaluation(fresh, "finetune", **{**FT, "blr": 1e-3, "restore_from": str(stored)})
+
+    monkeypatch.setenv(shipped.RETRAIN_ENV, "1")  # retraining fine-tunes again: the refusals above fire
+    with pytest.raises(AssertionError, match="a fine-tuning step ran"):
+        cached_evaluation(fresh, "finetune", **{**FT, "seed": 0})

@@ -281,6 +281,7 @@ def seed_items(w: Window, stage: Stage, stage_dir: Path) -> None:
 def run_evals(w: Window, stage: Stage, stage_dir: Path, rec: dict) -> bool:
     """Run the stage's evaluations in order; False when an itemized stage ran out of time."""
     from ..metrics import evaluate
+    from ..metrics.finetune import CLASSIFIER_FILE
     from ..runs import read_run_config
 
     items = rec.setdefault("items", {}) if stage.evals else {}
@@ -305,6 +306,8 @@ def run_evals(w: Window, stage: Stage, stage_dir: Path, rec: dict) -> bool:
         t0 = time.monotonic()
         result = evaluate(model_dir, what, out=out, reference=reference, device=str(w.device), **pin, **opts)
         wall = round(time.monotonic() - t0, 2)
+        # a fine-tuned classifier (ViT-T: 22 MB in float32) stays on the machine: a window brings results back
+        (out / CLASSIFIER_FILE).unlink(missing_ok=True)
         with w.watchdog.hold():
             items[key] = {"wall_s": wall, "estimate_s": round(est, 1), "device": w.device_name,
                           "summary": _summary(what, result), "options": {k: v for k, v in opts.items()

@@ -130,11 +130,17 @@ def cached_evaluation(run_dir: str | os.PathLike, what: str, **options) -> dict:
     so a change to the metric, data or model code re-runs the evaluation. Pooled features are kept in
     ``<runs>/.features`` (keyed by the weights' and images' content, see
     :class:`imae.metrics.features.FeatureCache`), so the metrics of one model encode its images once.
+    A fine-tune the repository ships (:func:`imae.shipped.finetune_for`) is restored, not trained, unless
+    ``IMAE_RETRAIN`` is set; its key differs from a trained one's.
     """
-    from .. import __version__, metrics
+    from .. import __version__, metrics, shipped
     from ..data.datasets import data_root as resolve_root
 
     run_dir = Path(run_dir)
+    if what == shipped.FINETUNE and "restore_from" not in options and not shipped.retrain():
+        stored = shipped.finetune_for(run_dir.name, options)
+        if stored is not None:  # the repository ships this fine-tune: its classifier is scored, not trained
+            options = {**options, "restore_from": str(stored)}
     saved = read_run_config(run_dir)
     root = options.get("data_root") or saved.get("config", {}).get("data", {}).get("root")
     key = {"fp": saved.get("fingerprint", "unknown"), "version": __version__, "code": metrics.code_version(),

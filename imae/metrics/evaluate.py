@@ -67,6 +67,17 @@ def _defaults(what: str) -> dict:
     return {n: p.default for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n not in _INTERNAL}
 
 
+def resolved_options(what: str, options: dict) -> tuple[dict, dict]:
+    """(the keyword arguments the evaluation's function gets: its defaults updated by ``options``; the data
+    options ``dataset``, ``data_root``, ``max_images``) for ``evaluate(..., what, **options)``."""
+    kwargs = {**_defaults(what), **{k: v for k, v in options.items()
+                                    if k not in (*_DATA_OPTIONS, "model_config", "device", "reference",
+                                                 "reference_fingerprint", "out")}}
+    if "seed" not in _defaults(what):
+        kwargs.pop("seed", None)
+    return kwargs, {k: options.get(k) for k in _DATA_OPTIONS}
+
+
 def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike | None = None,
              reference: str | os.PathLike | None = None, device: str = "auto",
              reference_fingerprint: str | None = None, **options) -> dict:
@@ -109,10 +120,8 @@ def evaluate(checkpoint: str | os.PathLike, what: str, *, out: str | os.PathLike
     # max_images sizes the frozen-feature evaluations; a fine-tune trains on the whole train split and is
     # scored on the same capped test images as the probe it is compared with.
     data = load_eval_data(model.config, **{k: options.get(k) for k in _DATA_OPTIONS}, cap_train=not ev.trains)
-    kwargs = {**_defaults(what), **{k: v for k, v in options.items() if k not in (*_DATA_OPTIONS, "model_config")}}
-    seed = kwargs.get("seed", 0)
-    if "seed" not in _defaults(what):
-        kwargs.pop("seed", None)
+    kwargs, _ = resolved_options(what, options)
+    seed = options.get("seed", kwargs.get("seed", 0))
     ref = None
     if ev.uses_reference(model.kind):
         ref = load_reference(model, reference, device=dev, expect_fingerprint=reference_fingerprint)
@@ -185,6 +194,15 @@ def write_result(out: str | os.PathLike, result: dict, *, model: LoadedModel, op
         npz = out / f"{what}_examples.npz"
         atomic_write_npz(npz, {f"alpha{a}/{k}": v for a, ex in examples.items() for k, v in ex.items()})
         body["examples_file"] = npz.name
+    classifier = body.pop("classifier", None)
+    if classifier:  # a fine-tune's trained weights (imae.metrics.finetune.CLASSIFIER_FILE)
+        from safetensors.torch import save_file
+
+        from .finetune import CLASSIFIER_FILE
+        tmp = out / f".{CLASSIFIER_FILE}.tmp"
+        save_file({k: v.float().contiguous() for k, v in classifier.items()}, str(tmp))
+        os.replace(tmp, out / CLASSIFIER_FILE)
+        body["classifier_file"] = CLASSIFIER_FILE
     items = body.pop("items", None)
     if items:
         atomic_write_npz(out / f"{what}_items.npz", {str(k): _array(v) for k, v in items.items()})

@@ -9,7 +9,7 @@ normalised batch by batch, so a whole CIFAR split costs 150 MB, not 600.
 Everything runs batched on the CPU or a CUDA device, with bf16 autocast on CUDA only; features come back
 as float32 on the CPU.
 
-Inside :func:`use_feature_cache` (which :func:`imae.experiments.cached_evaluation` opens on ``<runs>/.features``),
+Inside :func:`use_feature_cache` (which :func:`imae.companion.experiments.cached_evaluation` opens on ``<runs>/.features``),
 features are extracted once per (encoder, images, pairs, alphas, pools, device type) and reused by every
 metric that needs them (:class:`FeatureCache`): the linear probe, kNN, the degree of semantics' clean probe
 and the separability ceiling share one pass over the clean splits; LS and DS share the mixtures; with a

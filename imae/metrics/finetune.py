@@ -22,13 +22,22 @@ an untrained encoder 45.3 %. The paper-scale campaign uses the same recipe for m
 Test accuracy is measured after every epoch (the per-epoch curve; epoch 0 is the starting head) and the
 LAST epoch's is reported — choosing the best epoch would tune on the test set. The same recipe from an
 untrained encoder is the from-scratch control; a recipe counts only where it beats both that and the probe.
+
+A fine-tune's result carries its trained classifier (``classifier``: the encoder without the decoder, and the
+head), which :func:`imae.metrics.evaluate.write_result` stores as ``finetune_classifier.safetensors``. With
+``restore_from`` (such a file, float16 or float32, beside its record ``<name>.json`` with the same recipe),
+nothing trains: the stored classifier is scored on the test images again, and the training record (curve,
+starting probe) is the stored one. This is how a fresh clone rerunning the CPU edition gets its twelve
+fine-tunes in seconds instead of half an hour (:mod:`imae.shipped`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,6 +105,65 @@ def _test_correct(model: Classifier, data: EvalData, batch_size: int, device) ->
 
 
 HEAD_INITS = ("probe", "zero")
+CLASSIFIER_FILE = "finetune_classifier.safetensors"
+# What a stored fine-tune must share with the call that restores it (``pool`` and the test split besides).
+RECIPE_KEYS = ("epochs", "batch_size", "blr", "min_lr", "weight_decay", "layer_decay", "warmup_epochs",
+               "label_smoothing", "crop_scale", "head_init", "pool", "seed")
+_NOT_TRAINED = ("encoder.decoder", "encoder.mask_token")  # the decoder takes no part in classification
+
+
+def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
+    """What a fine-tune trained: the encoder (without decoder and mask token) and the head, on the CPU."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(_NOT_TRAINED)}
+
+
+def finetune_record(result: dict) -> dict:
+    """The record stored beside a fine-tune's classifier (what :func:`finetune` with ``restore_from`` checks and
+    reports): the recipe, the test accuracy and curve it trained to, the starting probe, the split sizes, and
+    where and how long it trained (``metadata`` of the evaluation)."""
+    meta = result.get("metadata", {})
+    return {"recipe": {k: result[k] for k in RECIPE_KEYS}, "accuracy": result["accuracy"], "curve": result["curve"],
+            "lr": result.get("lr"), "probe": result.get("probe"), "n_train": result.get("n_train"),
+            "n_test": result.get("n_test"),
+            "trained": {k: meta.get(k) for k in ("device", "device_name", "torch_threads", "wall_time_s",
+                                                 "torch_version", "code_version", "finished_at")}}
+
+
+def _restored(encoder, data: EvalData, path: str, recipe: dict, batch_size: int, device) -> dict:
+    """Score the stored classifier ``path`` (its record beside it) on ``data.test``; nothing trains."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    record_file = path.with_suffix(".json")
+    if not path.is_file() or not record_file.is_file():
+        raise ImaeError(f"restore_from={str(path)!r}: expected {path.name} and {record_file.name} side by side. "
+                        f"Fix: pass a stored fine-tune's .safetensors file, or leave restore_from out to train")
+    record = json.loads(record_file.read_text())
+    stored = record.get("recipe", {})
+    differ = {k: (stored.get(k), recipe[k]) for k in RECIPE_KEYS
+              if json.dumps(stored.get(k)) != json.dumps(list(recipe[k]) if isinstance(recipe[k], tuple) else recipe[k])}
+    if record.get("n_test") != len(data.test):
+        differ["test images"] = (record.get("n_test"), len(data.test))
+    if differ:
+        detail = ", ".join(f"{k} stored {a!r} != asked {b!r}" for k, (a, b) in differ.items())
+        raise ImaeError(f"the stored fine-tune {path.name} was trained with another recipe ({detail}). Fix: ask for "
+                        f"its recipe, or train afresh (leave restore_from out; IMAE_RETRAIN=1 for the notebooks)")
+    model = Classifier(copy.deepcopy(encoder).float(), data.train.num_classes, recipe["pool"])
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in missing if not k.startswith(_NOT_TRAINED)]
+    if missing or unexpected:
+        raise ImaeError(f"{path.name} does not fit this encoder (missing {missing[:3]}, unexpected {unexpected[:3]}). "
+                        f"Fix: restore it onto the run it was fine-tuned from, or train afresh")
+    model.to(device)
+    correct = _test_correct(model, data, 4 * batch_size, device)
+    accuracy = float(correct.float().mean())
+    curve = [dict(c) for c in record["curve"]]
+    curve[-1]["test_accuracy"] = accuracy  # the stored weights, scored now (the record's value beside it)
+    return {"accuracy": accuracy, "curve": curve, **recipe, "crop_scale": list(recipe["crop_scale"]),
+            "lr": record.get("lr"), "probe": record.get("probe"), "n_train": record.get("n_train"),
+            "n_test": len(data.test),
+            "restored": {"file": path.name, "recorded_accuracy": record.get("accuracy"), "trained": record.get("trained")},
+            "items": {f"{recipe['pool']}/correct": correct.numpy(), "test_index": np.arange(len(data.test), dtype=np.int64)}}
 
 
 @torch.no_grad()
@@ -120,7 +188,8 @@ def probe_head(model: Classifier, data: EvalData, *, seed: int, device) -> dict:
 def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128, blr: float = 2e-4,
              min_lr: float = 1e-6, weight_decay: float = 0.05, layer_decay: float = 0.65,
              warmup_epochs: float = 0.2, label_smoothing: float = 0.0, crop_scale=(1.0, 1.0),
-             head_init: str = "probe", pool: str = "mean", seed: int = 0, device="cpu") -> dict:
+             head_init: str = "probe", pool: str = "mean", seed: int = 0, restore_from: str | None = None,
+             device="cpu") -> dict:
     """Fine-tune a copy of ``encoder`` on the train split and report test accuracy.
 
     Args:
@@ -138,11 +207,15 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
         head_init: ``probe`` (the encoder's linear probe, LP-FT) or ``zero`` (a near-zero head).
         pool: ``mean`` or ``cls``.
         seed: head init, data order, augmentation.
+        restore_from: a stored classifier (``.safetensors`` with its ``.json`` record, the same recipe): score
+            it instead of training.
         device: where to train.
     Returns:
         ``accuracy`` (final test accuracy), ``curve`` [{epoch, train_loss, test_accuracy, lr, time_s}] (epoch 0:
         the starting head), ``probe`` (the starting probe's penalty and accuracy, with ``head_init="probe"``),
-        ``n_train`` (every train image: fine-tuning is never capped), and the recipe's values.
+        ``n_train`` (every train image: fine-tuning is never capped), the recipe's values, and ``classifier``
+        (the trained weights, :func:`classifier_state`; restored: ``restored``, the stored file and the accuracy
+        its record gives, instead).
     """
     if epochs < 1:
         raise ConfigError(f"epochs={epochs} must be >= 1 for fine-tuning")
@@ -151,6 +224,11 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
     if head_init not in HEAD_INITS:
         raise ConfigError(f"head_init={head_init!r}; choose one of {list(HEAD_INITS)}")
     device = torch.device(device)
+    if restore_from is not None:
+        recipe = dict(epochs=epochs, batch_size=batch_size, blr=blr, min_lr=min_lr, weight_decay=weight_decay,
+                      layer_decay=layer_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                      crop_scale=tuple(crop_scale), head_init=head_init, pool=pool, seed=seed)
+        return _restored(encoder, data, restore_from, recipe, batch_size, device)
     torch.manual_seed(seed)
     mae = copy.deepcopy(encoder).float()
     mae.requires_grad_(True)
@@ -206,7 +284,8 @@ def finetune(encoder, data: EvalData, *, epochs: int = 10, batch_size: int = 128
                       "test_accuracy": float(correct.float().mean()), "lr": cur,
                       "time_s": round(time.perf_counter() - t0, 3)})
     return {"accuracy": curve[-1]["test_accuracy"], "curve": curve, "epochs": epochs, "pool": pool,
-            "batch_size": batch_size, "blr": blr, "lr": lr, "layer_decay": layer_decay, "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "crop_scale": list(crop_scale),
-            "head_init": head_init, "probe": probe, "n_train": n, "n_test": len(data.test),
+            "batch_size": batch_size, "blr": blr, "lr": lr, "min_lr": min_lr, "layer_decay": layer_decay,
+            "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
+            "crop_scale": list(crop_scale), "head_init": head_init, "seed": seed, "probe": probe, "n_train": n,
+            "n_test": len(data.test), "classifier": classifier_state(model),
             "items": {f"{pool}/correct": correct.numpy(), "test_index": np.arange(len(data.test), dtype=np.int64)}}

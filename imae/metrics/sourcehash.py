@@ -2,7 +2,7 @@
 
 :func:`code_version` hashes the source of ``imae/metrics/*.py``, ``imae/data/*.py`` and
 ``imae/models/*.py`` (file names relative to the ``imae`` package, and their bytes). The experiment cache
-(:func:`imae.experiments.cached_evaluation`) puts it in its key and every evaluation records it in its metadata, so
+(:func:`imae.companion.experiments.cached_evaluation`) puts it in its key and every evaluation records it in its metadata, so
 a fix to a metric, to the data pipeline or to the model re-runs the evaluations instead of serving numbers
 the old code computed. It is computed afresh at every call (a few dozen small files), so a long-lived
 notebook kernel sees edits too.
