@@ -147,10 +147,12 @@ def ship_finetune(eval_dir: str | os.PathLike, *, root: str | os.PathLike | None
     folder = Path(root or weights_root()) / run_name.split("-", 1)[0] / FINETUNE
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{run_name}-{finetune_key(run_name, options)}"
-    save_file({k: v.to(torch.float16) for k, v in load_file(str(weights)).items()}, str(folder / f"{name}.safetensors"))
+    target = folder / f"{name}.safetensors"
+    save_file({k: v.to(torch.float16) for k, v in load_file(str(weights)).items()}, str(target))
+    os.chmod(target, 0o644)  # readable like the repository's other files (safetensors writes it owner-only)
     record = {"run": run_name, **finetune_record(json.loads(result_file.read_text()))}
     atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=1) + "\n")
-    return folder / f"{name}.safetensors"
+    return target
 
 
 def ship_finetunes(runs_dir: str | os.PathLike, preset: str, *, root: str | os.PathLike | None = None) -> list[Path]:

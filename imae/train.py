@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -217,52 +218,65 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> None:
+        """Train to the end (or to a stop signal, writing a checkpoint first) and write the finished checkpoint."""
+        with StopSignals() as sig:
+            for _ in self.steps(sig):
+                pass
+        self.finish()
+
+    def finish(self) -> None:
+        """After the last step: the last metrics line and the finished checkpoint."""
+        self._flush()
+        self.save(finished=True)
+
+    def steps(self, sig: StopSignals) -> Iterator[int]:
+        """The training loop, one optimizer step per ``next()`` (it yields the step just taken), so that
+        :func:`pretrain_concurrent` can interleave independent runs. ``sig``'s flag stops it at a step boundary:
+        it writes a checkpoint and raises :class:`~imae.errors.TrainingInterrupted`."""
         t = self.cfg.train
         nb, accum = self.source.num_batches, t.accum_iter
         ckpt_every = t.ckpt_every
         self.model.train()
-        with StopSignals() as sig:
-            while self.epoch < t.epochs:
-                epoch, start = self.epoch, self.batch
-                bar = tqdm(total=nb, initial=start, desc=f"{t.method} epoch {epoch + 1}/{t.epochs}",
-                           disable=not self.progress, file=sys.stderr, mininterval=1.0, leave=False)
-                for b, batch in enumerate(self.source.batches(epoch, start), start=start):
-                    group = (b // accum) * accum
-                    gsize = min(accum, nb - group)
-                    last = b + 1 - group == gsize
-                    self.micro_step(batch, gsize, sync=last)
-                    bar.update(1)
-                    if not last:
-                        continue
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    self.step += 1
-                    self.epoch, self.batch = (epoch + 1, 0) if b + 1 == nb else (epoch, b + 1)
-                    due = ckpt_every and self.step % ckpt_every == 0
-                    if self.step % self.log_every == 0 or due or self.batch == 0:
-                        self._flush(bar)
-                    if due:
-                        self.save()
-                    if self.info.enabled:  # all processes must agree, at the same step, to stop
-                        on_log_step = self.step % self.log_every == 0
-                        stop = all_reduce_max(sig.signum or 0, self.info, self.device) if on_log_step else 0
-                    else:
-                        stop = sig.signum or 0
-                    if stop:
-                        self._flush(bar)
-                        self.save()
-                        bar.close()
-                        name = signal.Signals(int(stop)).name
-                        raise TrainingInterrupted(
-                            f"{name} received: stopped at step {self.step}/{self.total_steps} and wrote "
-                            f"{self.ckpt_path}. Resume by running the same command again (or --resume)",
-                            signum=int(stop), checkpoint=str(self.ckpt_path))
-                bar.close()
-                if not ckpt_every and self.epoch < t.epochs:
+        while self.epoch < t.epochs:
+            epoch, start = self.epoch, self.batch
+            bar = tqdm(total=nb, initial=start, desc=f"{t.method} epoch {epoch + 1}/{t.epochs}",
+                       disable=not self.progress, file=sys.stderr, mininterval=1.0, leave=False)
+            for b, batch in enumerate(self.source.batches(epoch, start), start=start):
+                group = (b // accum) * accum
+                gsize = min(accum, nb - group)
+                last = b + 1 - group == gsize
+                self.micro_step(batch, gsize, sync=last)
+                bar.update(1)
+                if not last:
+                    continue
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                self.epoch, self.batch = (epoch + 1, 0) if b + 1 == nb else (epoch, b + 1)
+                due = ckpt_every and self.step % ckpt_every == 0
+                if self.step % self.log_every == 0 or due or self.batch == 0:
+                    self._flush(bar)
+                if due:
                     self.save()
-        self._flush()
-        self.save(finished=True)
+                if self.info.enabled:  # all processes must agree, at the same step, to stop
+                    on_log_step = self.step % self.log_every == 0
+                    stop = all_reduce_max(sig.signum or 0, self.info, self.device) if on_log_step else 0
+                else:
+                    stop = sig.signum or 0
+                if stop:
+                    self._flush(bar)
+                    self.save()
+                    bar.close()
+                    name = signal.Signals(int(stop)).name
+                    raise TrainingInterrupted(
+                        f"{name} received: stopped at step {self.step}/{self.total_steps} and wrote "
+                        f"{self.ckpt_path}. Resume by running the same command again (or --resume)",
+                        signum=int(stop), checkpoint=str(self.ckpt_path))
+                yield self.step
+            bar.close()
+            if not ckpt_every and self.epoch < t.epochs:
+                self.save()
 
 
 def _is_terminal(stream) -> bool:
@@ -297,46 +311,168 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
     validate(cfg)
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
-    teacher, tfp = None, None
-    if cfg.method == "imae" and cfg.imae.teacher:
-        teacher, tfp = load_teacher(cfg, device)
-    elif cfg.method == "mae" and cfg.train.init_from:
-        teacher, tfp = load_teacher(cfg, device, cfg.train.init_from)  # only its weights are used
-    fp = fingerprint(cfg, tfp)
-    run_dir = Path(out)
-    if resume and _finished_run(run_dir, fp):
-        return run_dir
-    lock = None
-    trainer = None
+    job = _Job(cfg, out, info=info, device=device)
     try:
+        if job.open(resume=resume, overwrite=overwrite, progress=progress):
+            return job.run_dir
+        return _train(cfg, job.run_dir, job.trainer, fp=job.fp, device=device, info=info, teacher=job.teacher,
+                      tfp=job.tfp, progress=progress)
+    except OSError as e:
+        err = job.storage_error(e)
+        if err is e:
+            raise
+        raise err from e
+    finally:
+        job.release()
+
+
+class _Job:
+    """One run folder being prepared for training: its teacher, fingerprint, lock and :class:`Trainer`."""
+
+    def __init__(self, cfg: RunConfig, out, *, info: DistInfo, device: torch.device):
+        self.cfg, self.run_dir, self.info, self.device = cfg, Path(out), info, device
+        self.teacher, self.tfp = None, None
+        if cfg.method == "imae" and cfg.imae.teacher:
+            self.teacher, self.tfp = load_teacher(cfg, device)
+        elif cfg.method == "mae" and cfg.train.init_from:
+            self.teacher, self.tfp = load_teacher(cfg, device, cfg.train.init_from)  # only its weights are used
+        self.fp = fingerprint(cfg, self.tfp)
+        self.lock = None
+        self.trainer: Trainer | None = None
+
+    def open(self, *, resume: bool, overwrite: bool, progress: bool) -> bool:
+        """Lock and claim the folder and build the trainer; True when the run is finished already (nothing to
+        train). Everything that can fail on the user's input (data, model, batch size) is built before the
+        folder is claimed, so a failed start leaves nothing that blocks the corrected command."""
+        cfg, run_dir, info = self.cfg, self.run_dir, self.info
+        if resume and _finished_run(run_dir, self.fp):
+            return True
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock.for_run(run_dir).acquire()  # before anything in the folder is read or written
-        state = check_run_dir(run_dir, cfg, fp, overwrite=overwrite)
-        if state == "same" and resume and _finished_run(run_dir, fp):  # finished while we waited for the lock
-            return run_dir
-        # Everything that can fail on the user's input (data, model, batch size) is built before the folder
-        # is claimed, so a failed start leaves nothing that blocks the corrected command.
-        trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
-                          teacher_fp=tfp)
+            self.lock = FolderLock.for_run(run_dir).acquire()  # before anything in the folder is read or written
+        state = check_run_dir(run_dir, cfg, self.fp, overwrite=overwrite)
+        if state == "same" and resume and _finished_run(run_dir, self.fp):  # finished while we waited for the lock
+            return True
+        self.trainer = Trainer(cfg, run_dir, fp=self.fp, device=self.device, info=info, teacher=self.teacher,
+                               progress=progress, teacher_fp=self.tfp)
         if info.is_main:
             existing = run_dir / CHECKPOINT_NAME
             keep = state == "same" and resume and existing.is_file()
-            check_free_space(run_dir, 2 * max(trainer.checkpoint_bytes(), existing.stat().st_size if keep else 0),
+            check_free_space(run_dir, 2 * max(self.trainer.checkpoint_bytes(), existing.stat().st_size if keep else 0),
                              what="training (room for two checkpoints, so one is always complete)",
                              intact=(f"The checkpoint {existing} is untouched" if keep else None))
-            claim_run_dir(run_dir, cfg, fp, derived=derived(cfg, info.world), state=state, fresh=not resume)
+            claim_run_dir(run_dir, cfg, self.fp, derived=derived(cfg, info.world), state=state, fresh=not resume)
         barrier(info)  # the other processes read the directory only once the main one has prepared it
-        return _train(cfg, run_dir, trainer, fp=fp, device=device, info=info, teacher=teacher, tfp=tfp,
-                      progress=progress)
-    except OSError as e:
+        return False
+
+    def storage_error(self, e: OSError) -> BaseException:
+        """``e`` as the one-line failure of the machine that names what is intact (other errors unchanged)."""
         if os_reason(e) is None:
-            raise
-        intact = trainer.intact() if trainer is not None else "nothing was trained yet"
-        raise storage_error(e, doing="training into", path=run_dir, intact=intact) from e
+            return e
+        intact = self.trainer.intact() if self.trainer is not None else "nothing was trained yet"
+        return storage_error(e, doing="training into", path=self.run_dir, intact=intact)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def pretrain_concurrent(cfgs: list[RunConfig], outs: list, *, resume: bool = True, progress: bool = False
+                        ) -> list[Path]:
+    """Train independent runs in ONE process, one optimizer step of each in turn, and return their folders.
+
+    On a GPU each run steps on its own CUDA stream, so the kernels of one run can fill the gaps the other
+    leaves (a small model such as ViT-T/2 leaves much of an H100 idle); on a CPU the runs simply alternate.
+    Each run is exactly what :func:`pretrain` would train (same folder, fingerprint, checkpoints and losses:
+    every random draw of a step comes from generators seeded by (config, seed, step), and each model is built
+    from its own seed), so a run started here may be resumed by :func:`pretrain` and the other way round.
+    Finished runs are skipped; an i-MAE's teacher must be finished before (runs here do not wait for each
+    other). A stop signal stops every run at its next step boundary, each writing its checkpoint. A run that
+    fails (e.g. a non-finite loss: no fp32 restart here) stops alone; the others train on and the first
+    failure is raised at the end. Single process only (no data parallel).
+    """
+    if len(cfgs) != len(outs):
+        raise ValueError(f"{len(cfgs)} configurations for {len(outs)} folders; give one folder per run")
+    folders = [Path(o).resolve() for o in outs]
+    if len(set(folders)) != len(folders):
+        raise ValueError("two runs share a folder; give each run its own")
+    jobs: list[_Job] = []
+    try:
+        for cfg, out in zip(cfgs, outs):
+            validate(cfg)
+            info = init_distributed(cfg.train.device)
+            if info.enabled:
+                raise ValueError("pretrain_concurrent trains in one process; launch data-parallel runs with pretrain")
+            job = _Job(cfg, out, info=info, device=resolve_device(cfg.train.device, info))
+            jobs.append(job)
+            try:
+                if not job.open(resume=resume, overwrite=False, progress=progress):
+                    ckpt = job.run_dir / CHECKPOINT_NAME
+                    if ckpt.exists():
+                        job.trainer.load_state_dict(load_checkpoint(ckpt))
+                    else:
+                        job.trainer.metrics.reset()
+            except OSError as e:
+                err = job.storage_error(e)
+                if err is e:
+                    raise
+                raise err from e
+        _interleave([j for j in jobs if j.trainer is not None])
     finally:
-        if lock is not None:
-            lock.release()
+        for job in jobs:
+            job.release()
+    return [j.run_dir for j in jobs]
+
+
+def _interleave(jobs: list[_Job]) -> None:
+    """One step of each job's trainer in turn until all have finished; see :func:`pretrain_concurrent`."""
+    import contextlib
+
+    streams = {}
+    for job in jobs:
+        if job.device.type == "cuda":
+            streams[id(job)] = torch.cuda.Stream(job.device)
+            streams[id(job)].wait_stream(torch.cuda.current_stream(job.device))  # its data and model are ready
+    failures: list[tuple[_Job, BaseException]] = []
+    with StopSignals() as sig:
+        loops = {id(j): (j, j.trainer.steps(sig)) for j in jobs}
+        while loops:
+            for key, (job, loop) in list(loops.items()):
+                ctx = torch.cuda.stream(streams[key]) if key in streams else contextlib.nullcontext()
+                try:
+                    with ctx:
+                        next(loop)
+                except StopIteration:
+                    del loops[key]
+                    try:
+                        with ctx:
+                            job.trainer.finish()
+                    except Exception as e:  # noqa: BLE001 - recorded; the other runs go on
+                        failures.append((job, e))
+                except OSError as e:
+                    del loops[key]
+                    failures.append((job, job.storage_error(e)))
+                except Exception as e:  # noqa: BLE001 - one run's failure must not cost the others
+                    del loops[key]
+                    failures.append((job, e))
+    for s in streams.values():
+        torch.cuda.current_stream(s.device).wait_stream(s)
+    stopped = [(j, e) for j, e in failures if isinstance(e, TrainingInterrupted)]
+    if stopped and len(stopped) == len(failures):
+        first = stopped[0][1]
+        raise TrainingInterrupted(
+            f"stopped {len(stopped)} run(s) at a step boundary, each with its checkpoint written "
+            f"({', '.join(str(j.trainer.ckpt_path) for j, _ in stopped)}). Resume by running the same command again",
+            signum=first.signum, checkpoint=first.checkpoint)
+    errors = [(j, e) for j, e in failures if not isinstance(e, TrainingInterrupted)]
+    if errors:
+        job, e = errors[0]
+        if len(errors) > 1:
+            print(f"warning: {len(errors)} of {len(jobs)} concurrent runs failed; raising the first "
+                  f"({job.run_dir}); the others: " + "; ".join(f"{j.run_dir}: {x}" for j, x in errors[1:]),
+                  file=sys.stderr)
+        raise e
 
 
 def _train(cfg: RunConfig, run_dir: Path, trainer: Trainer, *, fp: str, device, info: DistInfo, teacher, tfp,

@@ -266,3 +266,20 @@ def test_the_execution_stamp_counts_code_changes_not_the_books_own_outputs(tmp_p
     assert "uncommitted" not in _commit(tmp_path)
     (tmp_path / "code.py").write_text("x = 2\n")
     assert _commit(tmp_path).endswith("(with uncommitted changes)")
+
+
+def test_concurrent_benchmark_measures_each_count_in_one_run(toy_root, tmp_path):
+    from benchmarks import concurrent
+
+    out = tmp_path / "concurrent.json"
+    res = concurrent.main(["--preset", "tiny", "--device", "cpu", "--method", "imae", "--counts", "1", "2",
+                           "--steps", "6", "--warmup", "2", "--batch", "32", "--data-root", str(toy_root),
+                           "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    one, two = res["rows"]
+    assert (one["runs"], two["runs"]) == (1, 2) and len(two["img_per_s"]) == 2
+    assert all(r > 0 for r in one["img_per_s"] + two["img_per_s"])
+    assert two["aggregate_img_per_s"] == pytest.approx(sum(two["img_per_s"]), abs=0.2) and one["speedup"] == 1.0
+    # each run trained its steps (the i-MAE, from the untrained teacher the benchmark made)
+    from imae.runs import read_metrics
+    assert max(r["step"] for r in read_metrics(tmp_path / "work" / "n2" / "run1") if "loss" in r) == 6

@@ -139,6 +139,14 @@ def test_end_to_end_window(window1):
         assert sep["metadata"]["reference"]["fingerprint"] == teacher_fp
         assert items[f"{model}/knn"]["summary"]["cls"] >= 0
     assert log_evaluations(out) == set(items)
+    # Where the window's time went: every activity, adding up to the window's wall time.
+    spent = window["breakdown_s"]
+    assert set(spent) == {"measure", "training", "startup", "evaluation", "benchmark", "pack", "idle"}
+    assert spent["training"] > 0 and spent["evaluation"] > 0 and spent["pack"] > 0 and spent["measure"] > 0
+    assert abs(sum(spent.values()) - window["wall_s"]) <= 0.1 * window["wall_s"] + 1
+    # Nothing compiled on the CPU and nothing was carried: the window says so and writes no compile archive.
+    assert window["compile_cache"]["loaded"] == [] and "compiling afresh" in window["compile_cache"]["note"]
+    assert window["compile_cache"]["saved"] is None
 
 
 def test_collect_and_load_pretrained(window1, repo):
@@ -247,6 +255,9 @@ def test_later_stages_run_from_the_stored_weights(later):
         assert all(it["optimizer"] == OPTIMIZER for it in items.values() if "optimizer" in it)
     # No stored weights for the variants: they come back as results only.
     assert not any(later["out"].glob("*.safetensors"))
+    # Fine-tuned classifiers stay on the machine (ViT-T: 22 MB each in float32): the result comes back, not them.
+    assert (back_ft := members(later["out"] / "finetune.tar.gz")) and any(n.endswith("finetune.json") for n in back_ft)
+    assert not any(n.endswith(".safetensors") for n in back_ft)
     assert later["collected"]["stages"] == sorted(LATER) and not later["collected"]["missing"]
     back = later["root"] / "campaign" / "tiny"
     assert (back / "results" / "seed1" / "evals" / "untrained-1" / "separability.json").is_file()

@@ -7,7 +7,9 @@ checked against the manifest, it is unpacked safely, and its files land in ``cam
 * ``weights/<name>.safetensors`` + ``.json`` of the committed models (the teacher and the standard i-MAE),
   each checked against its card's sha256;
 * ``results/<stage>/...`` everything else (config, metrics.jsonl, evaluation JSON, throughput table);
-* ``logs/window-<id>.log`` the window's log.
+* ``logs/window-<id>.log`` the window's log;
+* ``compile_cache/<key>-<sha>.bin`` torch.compile's artefacts for the next window on the same torch and device
+  (:mod:`~imae.campaign.compilecache`).
 
 Finally the returned manifest is merged into the repository's (:func:`~imae.campaign.manifest.merge`). A
 stage whose archive is missing is left as the repository had it.
@@ -24,6 +26,7 @@ from pathlib import Path
 from ..paths import repo_root
 from ..pretrained import sha256_file, verify
 from ..runs import atomic_write_npz, atomic_write_text
+from . import compilecache
 from .manifest import CampaignError, Manifest, check, merge
 from .packing import LOG_NAME, MANIFEST_NAME, safe_extract
 
@@ -82,6 +85,8 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike | None = None, *, lo
         (dest / "logs").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / LOG_NAME, dest / "logs" / f"window-{wid}.log")  # the source may be read-only
     dest.mkdir(parents=True, exist_ok=True)
+    if returned.get("windows"):  # torch.compile's artefacts, for the next window (imae.campaign.compilecache)
+        compilecache.collect(src, returned["windows"][-1].get("compile_cache"), dest, log=log)
     atomic_write_text(dest / MANIFEST_NAME, json.dumps(merged, indent=1) + "\n")
     log(f"collected {sorted(set(collected))} into {dest}" + (f"; missing {missing}" if missing else ""))
     return {"stages": sorted(set(collected)), "missing": missing, "dest": str(dest)}

@@ -21,7 +21,8 @@ from ..errors import ImaeError
 from ..pretrained import sha256_file
 
 MANIFEST_NAME, LOG_NAME = "manifest.json", "campaign.log"
-RESERVED = (MANIFEST_NAME, LOG_NAME)
+COMPILE_ARCHIVE = "compile-cache.tar.gz"  # torch.compile's artefacts for the next window (imae.campaign.compilecache)
+RESERVED = (MANIFEST_NAME, LOG_NAME, COMPILE_ARCHIVE)  # a window's files beside its stage archives
 
 
 class PackingError(ImaeError):

@@ -27,8 +27,10 @@ The window's state is one :class:`~imae.campaign.state.Window`, passed to each o
 from __future__ import annotations
 
 import platform
+import time
 
 from ..errors import ImaeError, TrainingInterrupted
+from . import compilecache
 from .manifest import Manifest
 from .measure import smoke_and_measure
 from .packing import LOG_NAME, MANIFEST_NAME, clear_previous_output
@@ -61,6 +63,8 @@ def run_campaign(cfg: CampaignConfig) -> dict:
         with w.watchdog:
             try:
                 preflight(w)
+                w.record["compile_cache"] = compilecache.load(w.manifest_path.parent / compilecache.FOLDER,
+                                                              w.device, w.log)
                 todo = pending(w)
                 w.log(f"pending stages: {[s.name for s in todo] or 'none'}")
                 if todo:
@@ -88,7 +92,16 @@ def run_campaign(cfg: CampaignConfig) -> dict:
 
 
 def finish_window(w: Window, outcome: str) -> None:
-    """Record the window's outcome and measurements in the manifest and list the output folder."""
+    """Record the window's outcome, measurements and where its time went in the manifest, carry what it compiled
+    to the next window, and list the output folder."""
+    if w.record.get("compile_cache") is not None:  # preflight passed: torch is there
+        t0 = time.monotonic()
+        try:
+            w.record["compile_cache"]["saved"] = compilecache.save(w.out, w.device, w.log)
+        except Exception as e:  # noqa: BLE001 - the artefacts are a speed-up; the window's results come first
+            w.log(f"compile artefacts not saved ({type(e).__name__}: {str(e)[:200]}); the next window compiles")
+        w.spent["pack"] += time.monotonic() - t0
+    w.record["breakdown_s"] = breakdown(w)
     w.record.update({"outcome": outcome, "wall_s": round(w.clock.elapsed(), 1),
                      "left_s": round(w.clock.remaining(), 1), "measured": w.measured.to_dict()})
     if w.failures:
@@ -100,4 +113,14 @@ def finish_window(w: Window, outcome: str) -> None:
           + ", ".join(f"{n} ({s / 2**20:.2f} MiB)" for n, s in files))
 
 
-__all__ = ["CampaignConfig", "finish_window", "run_campaign"]
+def breakdown(w: Window) -> dict:
+    """Where the window's wall time went, in seconds: preflight and smoke steps (``measure``), steady
+    ``training``, each training's ``startup`` (compiling, warm-up, loading: its wall time beyond the steady
+    training), ``evaluation``, the throughput ``benchmark``, ``pack`` (exporting weights, archiving, carrying
+    compile artefacts) and ``idle`` (the rest: planning, waiting, and the reserve left before the deadline)."""
+    spent = {"measure": float(w.record.get("preflight_s", 0.0)) + float(w.record.get("smoke_s", 0.0)), **w.spent}
+    spent["idle"] = max(0.0, w.clock.elapsed() - sum(spent.values()))
+    return {k: round(v, 1) for k, v in spent.items()}
+
+
+__all__ = ["CampaignConfig", "breakdown", "finish_window", "run_campaign"]

@@ -131,6 +131,10 @@ class Window:
     images_per_epoch: int = 0
     failures: list = field(default_factory=list)
     free_train_s: float = 0.0  # wall time of free-epoch training in this window
+    # seconds by activity (imae.campaign.runner.breakdown): steady training, a training's start-up beyond it
+    # (compile, warm-up), evaluations, the throughput benchmark, exporting and archiving
+    spent: dict = field(default_factory=lambda: dict.fromkeys(
+        ("training", "startup", "evaluation", "benchmark", "pack"), 0.0))
 
     @property
     def preset(self) -> str:

@@ -130,9 +130,13 @@ def fail(w: Window, stage: Stage, msg: str) -> None:
 
 def pack_stage(w: Window, stage: Stage, stage_dir: Path, rec: dict) -> list[str]:
     """Archive the stage's folder into the output folder; the manifest lists the archives and their sha256."""
-    names = w.packer.pack(stage.name, stage_dir)
-    rec["archives"] = names
-    w.record["files"] = w.packer.catalog()
+    t0 = time.monotonic()
+    try:
+        names = w.packer.pack(stage.name, stage_dir)
+        rec["archives"] = names
+        w.record["files"] = w.packer.catalog()
+    finally:
+        w.spent["pack"] += time.monotonic() - t0
     return names
 
 
@@ -234,6 +238,9 @@ def train_model(w: Window, stage: Stage, spec: TrainSpec, tp: dict, stage_dir: P
     ckpt = load_checkpoint(run_dir)
     recs = [r for r in read_metrics(run_dir) if "loss" in r]
     train_s = float(ckpt.get("elapsed_s", 0.0))
+    w.spent["training"] += min(train_s, wall)
+    w.spent["startup"] += max(0.0, wall - train_s)
+    t_export = time.monotonic()
     images = ckpt["step"] * cfg.train.batch_size * cfg.train.accum_iter
     result = {"epochs": cfg.train.epochs, "steps": ckpt["step"], "wall_s": round(wall, 1),
               "train_s": round(train_s, 1), "img_per_s": round(images / train_s, 1) if train_s else None,
@@ -257,6 +264,7 @@ def train_model(w: Window, stage: Stage, spec: TrainSpec, tp: dict, stage_dir: P
         for f in ("config.yaml", "metrics.jsonl"):
             if (run_dir / f).is_file():
                 shutil.copy2(run_dir / f, sub / f)
+    w.spent["pack"] += time.monotonic() - t_export
     result.update({"weights": card["file"], "weights_sha256": card["sha256"], "weights_bytes": card["bytes"]})
     w.stage_models[spec.key] = model_dir
     if spec.weights_name:
@@ -306,6 +314,7 @@ def run_evals(w: Window, stage: Stage, stage_dir: Path, rec: dict) -> bool:
         t0 = time.monotonic()
         result = evaluate(model_dir, what, out=out, reference=reference, device=str(w.device), **pin, **opts)
         wall = round(time.monotonic() - t0, 2)
+        w.spent["evaluation"] += wall
         # a fine-tuned classifier (ViT-T: 22 MB in float32) stays on the machine: a window brings results back
         (out / CLASSIFIER_FILE).unlink(missing_ok=True)
         with w.watchdog.hold():
@@ -355,6 +364,7 @@ def run_throughput(w: Window, stage_dir: Path) -> dict:
                             f"{proc.stderr.strip()[-600:]}")
     data = json.loads(out_json.read_text())
     rows = {f"{r['method']}/{r['path']}": round(r["img_per_s"], 1) for r in data.get("rows", [])}
+    w.spent["benchmark"] += time.monotonic() - t0
     w.log(f"  throughput in {time.monotonic() - t0:.0f} s on {data.get('device')}: {rows}")
     return {"device": data.get("device"), "img_per_s": rows, "wall_s": round(time.monotonic() - t0, 1)}
 

@@ -37,7 +37,8 @@ def test_packing_limits(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     kib = 1024
-    packer = LimitedPacker(out, max_files=5, max_bytes=64 * kib)  # 3 archive slots beside manifest + log
+    # 3 archive slots beside the manifest, the log and the compile-cache archive's slot
+    packer = LimitedPacker(out, max_files=6, max_bytes=64 * kib)
     _random_file(tmp_path / "a" / "w.bin", 30 * kib)
     assert packer.pack("a", tmp_path / "a") == ["a.tar.gz"]
     for k, n in enumerate((30, 30, 20)):  # 80 KiB of incompressible data: two parts, each under the limit
@@ -60,8 +61,8 @@ def test_packing_limits(tmp_path):
     # The folder check the window ends with.
     for k in range(4):
         (out / f"x{k}.txt").write_text("x")
-    with pytest.raises(PackingError, match="over the limit of 5"):
-        check_folder(out, max_files=5, max_bytes=64 * kib)
+    with pytest.raises(PackingError, match="over the limit of 6"):
+        check_folder(out, max_files=6, max_bytes=64 * kib)
     with pytest.raises(PackingError, match="over 0 MiB"):
         check_folder(tmp_path / "a", max_files=8, max_bytes=100)
 
@@ -70,7 +71,7 @@ def test_a_grown_stage_is_repacked(tmp_path):
     """An itemized stage packed again (it grew) replaces its archive; the other stages' stay."""
     out = tmp_path / "out"
     out.mkdir()
-    packer = LimitedPacker(out, max_files=4, max_bytes=64 * 1024)
+    packer = LimitedPacker(out, max_files=5, max_bytes=64 * 1024)  # 2 slots beside the reserved 3
     (tmp_path / "s" / "evals").mkdir(parents=True)
     (tmp_path / "s" / "evals" / "a.json").write_text("{}")
     (tmp_path / "t").mkdir()
