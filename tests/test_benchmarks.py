@@ -138,6 +138,11 @@ def test_performance_page_says_when_a_reproduce_restored_its_runs_from_the_shipp
     rec["from_shipped"]["note"] = "another process shared the cores"
     (tmp_path / "results" / "reproduce_small.json").write_text(json.dumps(rec))
     assert "cards' training times); another process shared the cores)" in write_performance(tmp_path).read_text()
+    rec["from_shipped"].update(finetunes=12, finetune_s=1440.0)
+    (tmp_path / "results" / "reproduce_small.json").write_text(json.dumps(rec))
+    text = write_performance(tmp_path).read_text()
+    assert "its 22 trained runs and 12 fine-tuned classifiers restored" in text
+    assert "training times) and the 24 min of the fine-tunes (their records); another" in text
 
 
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):

@@ -145,3 +145,15 @@ def test_a_shipped_fine_tune_is_scored_not_trained(toy_root, tmp_path, monkeypat
     monkeypatch.setenv(shipped.RETRAIN_ENV, "1")  # retraining fine-tunes again: the refusals above fire
     with pytest.raises(AssertionError, match="a fine-tuning step ran"):
         cached_evaluation(fresh, "finetune", **{**FT, "seed": 0})
+
+
+def test_the_repositorys_shipped_fine_tunes_are_portable_and_complete():
+    records = sorted(shipped.weights_root().glob(f"*/{shipped.FINETUNE}/*.json"))
+    for rec in records:
+        text = rec.read_text()
+        assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text, rec
+        body = json.loads(text)
+        assert rec.with_suffix(".safetensors").is_file() and body["curve"] and body["recipe"]["epochs"] >= 1
+        # the record belongs to a run the repository ships (or an untrained control, built from its seed)
+        run = body["run"]
+        assert rec.name.startswith(run + "-") and (shipped.card_for(run) is not None or "-untrained-" in run)

@@ -365,11 +365,15 @@ def write_performance(book_dir: Path) -> Path:
             how = (f"measured in one sitting from an EMPTY runs cache (every model trained, every evaluation run): "
                    f"{scratch['wall_s'] / 60:.1f} min wall time for the whole command, book build included")
         elif restored:
-            how = (f"measured in one sitting from an EMPTY runs cache, its {restored['runs']} trained runs restored "
-                   f"from the repository's `weights/` instead of trained, every evaluation run: "
-                   f"{restored['wall_s'] / 60:.1f} min wall time for the whole command, book build included; "
-                   f"`RETRAIN=1` adds the {restored['training_s'] / 60:.0f} min those runs took to train (their "
-                   f"cards' training times)" + (f"; {restored['note']}" if restored.get("note") else ""))
+            what = f"its {restored['runs']} trained runs" + (
+                f" and {restored['finetunes']} fine-tuned classifiers" if restored.get("finetunes") else "")
+            retrain = f"the {restored['training_s'] / 60:.0f} min those runs took to train (their cards' training times)"
+            if restored.get("finetune_s"):
+                retrain += f" and the {restored['finetune_s'] / 60:.0f} min of the fine-tunes (their records)"
+            how = (f"measured in one sitting from an EMPTY runs cache, {what} restored from the repository's "
+                   f"`weights/` instead of trained, every other evaluation run: {restored['wall_s'] / 60:.1f} min "
+                   f"wall time for the whole command, book build included; `RETRAIN=1` adds {retrain}"
+                   + (f"; {restored['note']}" if restored.get("note") else ""))
         else:
             how = ("trained runs and evaluations already in the cache are reused, so a first run adds the training "
                    "times of the [status table](intro.md)")
