@@ -143,6 +143,10 @@ def test_performance_page_says_when_a_reproduce_restored_its_runs_from_the_shipp
     text = write_performance(tmp_path).read_text()
     assert "its 22 trained runs and 12 fine-tuned classifiers restored" in text
     assert "training times) and the 24 min of the fine-tunes (their records); another" in text
+    rec["fresh_clone_s"] = {"classification": 250.0}
+    (tmp_path / "results" / "reproduce_small.json").write_text(json.dumps(rec))
+    assert "with an EMPTY runs cache" in (text := write_performance(tmp_path).read_text())
+    assert "nothing shared with another chapter): classification 250 s." in text
 
 
 def test_a_figure_rerun_keeps_the_full_runs_timing_record(tmp_path):

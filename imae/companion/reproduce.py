@@ -385,6 +385,11 @@ def write_performance(book_dir: Path) -> Path:
             parts += ["Single chapters rerun afterwards with `make figure NB=<chapter>` (models cached, evaluations "
                       "recomputed where their cache key changed): " + ", ".join(
                           f"{name} {sec:,.0f} s" for name, sec in r["figure_s"].items()) + ".", ""]
+        if r.get("fresh_clone_s"):
+            parts += ["One chapter alone from a fresh clone (`make figure NB=<chapter>` with an EMPTY runs cache: its "
+                      "runs and fine-tunes restored from `weights/`, every evaluation computed, nothing shared with "
+                      "another chapter): " + ", ".join(
+                          f"{name} {sec:,.0f} s" for name, sec in r["fresh_clone_s"].items()) + ".", ""]
     if not parts:
         parts = ["No benchmark results are stored yet; run the commands above."]
     path = book_dir / "performance_tables.md"
