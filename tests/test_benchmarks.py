@@ -292,3 +292,25 @@ def test_concurrent_benchmark_measures_each_count_in_one_run(toy_root, tmp_path)
     # each run trained its steps (the i-MAE, from the untrained teacher the benchmark made)
     from imae.runs import read_metrics
     assert max(r["step"] for r in read_metrics(tmp_path / "work" / "n2" / "run1") if "loss" in r) == 6
+
+
+def test_the_rerun_page_quotes_the_recorded_costs():
+    """book/rerun.md's times are the stored record's (imae.companion.reproduce.rerun_costs), not typed apart."""
+    from pathlib import Path
+
+    from imae.companion.reproduce import rerun_costs
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    rec = json.loads((book / "results" / "reproduce_small.json").read_text())
+    page = " ".join((book / "rerun.md").read_text().split())
+    for key, text in rerun_costs(rec).items():
+        assert text in page, f"book/rerun.md does not quote the recorded {key}: {text!r}"
+
+
+def test_rerun_costs_prefer_a_chapter_measured_alone():
+    from imae.companion.reproduce import rerun_costs
+
+    rec = {"notebooks_s": {"pretrain": 13.5, "classification": 108.1}, "fresh_clone_s": {"classification": 198.5},
+           "from_shipped": {"runs": 22, "wall_s": 1220.0, "training_s": 12364.0, "finetunes": 12, "finetune_s": 2272.0}}
+    assert rerun_costs(rec) == {"chapters": "pretrain 14 s, classification 3.3 min alone", "reproduce": "20.3 min",
+                                "retrain": "206 min of training for the 22 runs and 38 min for the 12 fine-tunes"}

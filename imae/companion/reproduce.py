@@ -397,6 +397,25 @@ def write_performance(book_dir: Path) -> Path:
     return path
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def rerun_costs(rec: dict) -> dict[str, str]:
+    """What ``book/rerun.md`` quotes from a ``reproduce_<preset>.json`` record (a test keeps the page in step):
+    ``chapters`` (each chapter's time, alone from a fresh clone where measured, else in the full run),
+    ``reproduce`` (the full run's wall time) and ``retrain`` (what ``RETRAIN=1`` adds)."""
+    alone = rec.get("fresh_clone_s", {})
+    chapters = ", ".join(f"{name} {_duration(alone.get(name, sec))}" + (" alone" if name in alone else "")
+                         for name, sec in rec.get("notebooks_s", {}).items())
+    shipped = rec.get("from_shipped", {})
+    retrain = f"{shipped.get('training_s', 0) / 60:.0f} min of training for the {shipped.get('runs', 0)} runs"
+    if shipped.get("finetune_s"):
+        retrain += f" and {shipped['finetune_s'] / 60:.0f} min for the {shipped.get('finetunes', 0)} fine-tunes"
+    return {"chapters": chapters, "reproduce": f"{shipped.get('wall_s', rec.get('total_s', 0)) / 60:.1f} min",
+            "retrain": retrain}
+
+
 def build_book(root: Path, book_dir: Path | None = None, *, strict: bool = True) -> None:
     """``jupyter-book build <book> --all [-W -n --keep-going]``; raises on failure."""
     book_dir = book_dir or root / "book"
