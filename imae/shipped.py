@@ -114,7 +114,7 @@ def finetune_key(run_name: str, options: dict) -> str:
     kwargs, data = resolved_options(FINETUNE, options)
     kwargs.pop("restore_from", None)
     blob = {"run": run_name, **kwargs, "dataset": data.get("dataset"), "max_images": data.get("max_images")}
-    text = json.dumps(blob, sort_keys=True, default=lambda x: list(x) if isinstance(x, tuple) else str(x))
+    text = json.dumps(blob, sort_keys=True, default=str)  # tuples serialise as lists, as in config.yaml
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
