@@ -233,12 +233,13 @@ def train_model(w: Window, stage: Stage, spec: TrainSpec, tp: dict, stage_dir: P
         pretrain(cfg, run_dir, overwrite=True, progress=False)
     finally:
         wall = time.monotonic() - t0
+        w.spent["training"] += wall  # an interrupted training counts as training; a finished one is split below
         if spec.epochs == "free":
             w.free_train_s += wall
     ckpt = load_checkpoint(run_dir)
     recs = [r for r in read_metrics(run_dir) if "loss" in r]
     train_s = float(ckpt.get("elapsed_s", 0.0))
-    w.spent["training"] += min(train_s, wall)
+    w.spent["training"] -= max(0.0, wall - train_s)  # its start-up (compile, warm-up) beyond steady training
     w.spent["startup"] += max(0.0, wall - train_s)
     t_export = time.monotonic()
     images = ckpt["step"] * cfg.train.batch_size * cfg.train.accum_iter
