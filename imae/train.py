@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -148,6 +148,13 @@ class Trainer:
         restore_rng(ckpt.get("rng"))
         self.last_good = self.step
         self.metrics.truncate_after(self.step)
+
+    def start(self, ckpt: dict | None) -> None:
+        """Resume from ``ckpt`` (the folder's checkpoint), or start afresh with an empty metrics log."""
+        if ckpt is not None:
+            self.load_state_dict(ckpt)
+        elif self.info.is_main:
+            self.metrics.reset()
 
     def save(self, finished: bool = False) -> None:
         if self.info.is_main:
@@ -318,10 +325,7 @@ def pretrain(cfg: RunConfig, out, *, resume: bool = True, overwrite: bool = Fals
         return _train(cfg, job.run_dir, job.trainer, fp=job.fp, device=device, info=info, teacher=job.teacher,
                       tfp=job.tfp, progress=progress)
     except OSError as e:
-        err = job.storage_error(e)
-        if err is e:
-            raise
-        raise err from e
+        job.reraise(e)
     finally:
         job.release()
 
@@ -372,6 +376,13 @@ class _Job:
         intact = self.trainer.intact() if self.trainer is not None else "nothing was trained yet"
         return storage_error(e, doing="training into", path=self.run_dir, intact=intact)
 
+    def reraise(self, e: OSError) -> NoReturn:
+        """Raise ``e``: as the one-line failure of the machine where it is one, else unchanged."""
+        err = self.storage_error(e)
+        if err is e:
+            raise e
+        raise err from e
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
@@ -409,15 +420,9 @@ def pretrain_concurrent(cfgs: list[RunConfig], outs: list, *, resume: bool = Tru
             try:
                 if not job.open(resume=resume, overwrite=False, progress=progress):
                     ckpt = job.run_dir / CHECKPOINT_NAME
-                    if ckpt.exists():
-                        job.trainer.load_state_dict(load_checkpoint(ckpt))
-                    else:
-                        job.trainer.metrics.reset()
+                    job.trainer.start(load_checkpoint(ckpt) if ckpt.exists() else None)
             except OSError as e:
-                err = job.storage_error(e)
-                if err is e:
-                    raise
-                raise err from e
+                job.reraise(e)
         _interleave([j for j in jobs if j.trainer is not None])
     finally:
         for job in jobs:
@@ -442,20 +447,14 @@ def _interleave(jobs: list[_Job]) -> None:
                 ctx = torch.cuda.stream(streams[key]) if key in streams else contextlib.nullcontext()
                 try:
                     with ctx:
-                        next(loop)
-                except StopIteration:
-                    del loops[key]
-                    try:
-                        with ctx:
+                        try:
+                            next(loop)
+                            continue
+                        except StopIteration:
                             job.trainer.finish()
-                    except Exception as e:  # noqa: BLE001 - recorded; the other runs go on
-                        failures.append((job, e))
-                except OSError as e:
-                    del loops[key]
-                    failures.append((job, job.storage_error(e)))
                 except Exception as e:  # noqa: BLE001 - one run's failure must not cost the others
-                    del loops[key]
-                    failures.append((job, e))
+                    failures.append((job, job.storage_error(e) if isinstance(e, OSError) else e))
+                del loops[key]
     for s in streams.values():
         torch.cuda.current_stream(s.device).wait_stream(s)
     stopped = [(j, e) for j, e in failures if isinstance(e, TrainingInterrupted)]
@@ -489,10 +488,7 @@ def _train(cfg: RunConfig, run_dir: Path, trainer: Trainer, *, fp: str, device, 
         if trainer is None:
             trainer = Trainer(cfg, run_dir, fp=fp, device=device, info=info, teacher=teacher, progress=progress,
                               teacher_fp=tfp)
-        if ckpt is not None:
-            trainer.load_state_dict(ckpt)
-        elif info.is_main:
-            trainer.metrics.reset()
+        trainer.start(ckpt)
         if event is not None:
             trainer.metrics.write(event)
         try:
